@@ -1,0 +1,330 @@
+"""Typed, strict run configuration: YAML file + model preset + dotted overrides.
+
+A run is described by one `Config`. It is built from a YAML file in `configs/`,
+the model preset it names (`configs/presets/<name>.yaml`) and `key=value`
+overrides such as `train.lr_g=2e-4`. Every section forbids unknown keys, so a
+typo is an error that names the key and lists the valid ones. The resolved
+config (`Config.to_dict()`) is saved beside every run and inside every
+checkpoint, and is enough to rebuild the schedule and the networks.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from ddgan.errors import ConfigError
+
+CONFIG_DIR = Path(os.environ.get("DDGAN_CONFIG_DIR", Path(__file__).resolve().parents[1] / "configs"))
+PRESET_DIR = CONFIG_DIR / "presets"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(_Section):
+    dir: str | None = None  # None: $DDGAN_DATA_DIR, else torchvision download if `download`
+    download: bool = False  # allow torchvision to download when no directory is found
+    split: Literal["train", "test"] = "train"
+    subset: int | None = Field(default=None, gt=0)  # first N images (tests, quick runs)
+
+
+class ModelConfig(_Section):
+    preset: str | None = None
+    base_channels: int = Field(default=32, gt=0)
+    channel_mult: tuple[int, ...] = (1, 2, 2)  # resolutions 28 / 14 / 7
+    num_res_blocks: int = Field(default=1, ge=1)
+    attn_resolutions: tuple[int, ...] = ()
+    dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
+    t_emb_dim: int = Field(default=64, gt=0)
+    z_dim: int = Field(default=100, gt=0)  # DDGAN latent
+    z_emb_dim: int = Field(default=64, gt=0)  # width of the latent mapping MLP
+    disc_channels: int = Field(default=32, gt=0)
+    disc_channel_mult: tuple[int, ...] = (1, 2, 2)
+
+    @field_validator("channel_mult", "disc_channel_mult", "attn_resolutions", mode="before")
+    @classmethod
+    def _listify(cls, v: Any) -> Any:
+        return tuple(v) if isinstance(v, list) else v
+
+    @field_validator("channel_mult", "disc_channel_mult")
+    @classmethod
+    def _levels(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        if not 1 <= len(v) <= 3 or any(m <= 0 for m in v):
+            raise ValueError("needs 1 to 3 positive multipliers (resolutions 28, 14, 7)")
+        return v
+
+
+class DiffusionConfig(_Section):
+    T: int = Field(default=4, ge=1)
+    schedule: Literal["vp", "linear", "cosine"] = "vp"
+    beta_min: float = Field(default=0.1, gt=0)
+    beta_max: float = Field(default=20.0, gt=0)
+
+    @model_validator(mode="after")
+    def _ranges(self) -> DiffusionConfig:
+        if self.beta_max <= self.beta_min:
+            raise ValueError("beta_max must be greater than beta_min")
+        return self
+
+
+class ObjectiveConfig(_Section):
+    loss: str = "ns"
+    generator_form: Literal["nonsaturating", "minimax"] = "nonsaturating"
+    r1_gamma: float = Field(default=0.02, ge=0)
+    r1_interval: int = Field(default=1, ge=1)  # lazy R1: every k discriminator steps
+    gp_weight: float = Field(default=10.0, ge=0)  # wgan-gp only
+
+    @field_validator("loss")
+    @classmethod
+    def _known_loss(cls, v: str) -> str:
+        from ddgan.losses import objective_names
+
+        if v not in objective_names():
+            raise ValueError(f"unknown loss {v!r}; valid: {', '.join(objective_names())}")
+        return v
+
+
+class TrainConfig(_Section):
+    steps: int = Field(default=1000, ge=1)
+    batch_size: int = Field(default=64, ge=1)
+    lr_g: float = Field(default=1.6e-4, gt=0)  # generator / denoiser learning rate (the study's axis)
+    d_lr_ratio: float = Field(default=0.78125, gt=0)  # lr_d = lr_g * ratio (DDGAN CIFAR: 1.25e-4 / 1.6e-4)
+    beta1: float = Field(default=0.5, ge=0, lt=1)
+    beta2: float = Field(default=0.9, ge=0, lt=1)
+    cosine_decay: bool = False
+    ema_decay: float = Field(default=0.999, ge=0, lt=1)
+    grad_clip: float | None = Field(default=None, gt=0)
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: bool = True  # bf16 autocast on CUDA (never on CPU)
+    channels_last: bool = True  # CUDA only
+    compile: bool = False
+    log_every: int = Field(default=10, ge=1)
+
+    @field_validator("lr_g", "d_lr_ratio", "ema_decay", "beta1", "beta2", mode="before")
+    @classmethod
+    def _int_to_float(cls, v: Any) -> Any:
+        return float(v) if isinstance(v, int) and not isinstance(v, bool) else v
+
+
+class EvalConfig(_Section):
+    every: int = Field(default=500, ge=1)
+    n_samples: int = Field(default=256, ge=1)
+    batch_size: int = Field(default=256, ge=1)
+    seed: int = 1234  # fixed, so every trial is scored on the same noise
+    grid_size: int = Field(default=8, ge=1)  # an 8x8 sample grid per evaluation
+    metrics: tuple[str, ...] = ()  # e.g. ("fd_fmnist",); empty: losses, grid and timing only
+    final_metrics: tuple[str, ...] = ()  # extra metrics at the last step only (e.g. fid_inception)
+    final_n_samples: int | None = Field(default=None, ge=1)
+    reference_split: Literal["train", "test"] = "train"
+    respaced_steps: int | None = Field(default=None, ge=1)  # DDPM: sample with S < T steps
+    sampler: Literal["ancestral", "ddim"] = "ancestral"  # DDPM only
+
+    @field_validator("metrics", "final_metrics", mode="before")
+    @classmethod
+    def _listify(cls, v: Any) -> Any:
+        return tuple(v) if isinstance(v, list) else v
+
+
+class CheckpointConfig(_Section):
+    every: int | None = Field(default=None, ge=1)  # None: at every evaluation
+    keep: int = Field(default=2, ge=1)
+
+
+class FaultConfig(_Section):
+    """Fault injection, off by default; used by the reliability tests and documented in README."""
+
+    nan_at_step: int | None = Field(default=None, ge=1)  # make the D loss NaN at this step
+    exit_at_step: int | None = Field(default=None, ge=1)  # os._exit(1) at this step (first attempt only)
+    exit_marker: str | None = None  # file created on the first injected exit so a retry does not die again
+
+
+class Config(_Section):
+    method: Literal["ddgan", "ddpm"] = "ddgan"
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    diffusion: DiffusionConfig = DiffusionConfig()
+    objective: ObjectiveConfig = ObjectiveConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()
+    fault: FaultConfig = FaultConfig()
+
+    @model_validator(mode="after")
+    def _method_rules(self) -> Config:
+        if self.method == "ddgan" and self.diffusion.schedule != "vp":
+            raise ValueError("diffusion.schedule: DDGAN uses the 'vp' schedule")
+        if self.method == "ddpm" and self.eval.respaced_steps and self.eval.respaced_steps > self.diffusion.T:
+            raise ValueError("eval.respaced_steps cannot exceed diffusion.T")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict (lists, not tuples): YAML/JSON safe, round-trips through `from_dict`."""
+        return _plain(self.model_dump())
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> Config:
+        return _validate(dict(raw))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def valid_keys(section: type[BaseModel]) -> list[str]:
+    return list(section.model_fields)
+
+
+def _section_for(path: Sequence[str]) -> type[BaseModel] | None:
+    model: type[BaseModel] = Config
+    for name in path:
+        field = model.model_fields.get(name)
+        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+            return None
+        model = field.annotation
+    return model
+
+
+def _format_error(err: ValidationError) -> str:
+    first = err.errors()[0]
+    loc = [str(p) for p in first["loc"]]
+    key = ".".join(loc)
+    if first["type"] == "extra_forbidden":
+        section = _section_for(loc[:-1])
+        valid = ", ".join(valid_keys(section)) if section else "?"
+        where = ".".join(loc[:-1]) or "top level"
+        return f"config: unknown key {key!r} in {where} (valid keys: {valid})"
+    msg = first["msg"].removeprefix("Value error, ")
+    return f"config: {key}: {msg}" if key else f"config: {msg}"
+
+
+def _validate(raw: dict[str, Any]) -> Config:
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_format_error(err)) from None
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`"train.lr_g=2e-4"` -> (["train", "lr_g"], 0.0002); the value is parsed as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like section.key=value")
+    key, value = text.split("=", 1)
+    path = [p for p in key.strip().split(".") if p]
+    if not path:
+        raise ConfigError(f"override {text!r} has an empty key")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError:
+        parsed = value
+    if isinstance(parsed, str):
+        parsed = _maybe_float(parsed)
+    return path, parsed
+
+
+def _maybe_float(s: str) -> Any:
+    # YAML 1.1 reads "1e-3" as a string; users mean a number.
+    try:
+        return float(s) if any(c.isdigit() for c in s) and s.strip().lower() not in ("nan", "inf") else s
+    except ValueError:
+        return s
+
+
+def apply_overrides(raw: Mapping[str, Any], overrides: Sequence[str | tuple[list[str], Any]]) -> dict[str, Any]:
+    """Return a copy of `raw` with dotted overrides applied; unknown keys name the valid ones."""
+    out = copy.deepcopy(dict(raw))
+    for item in overrides:
+        path, value = parse_override(item) if isinstance(item, str) else item
+        section = _section_for(path[:-1])
+        if section is None:
+            raise ConfigError(f"config: unknown section {'.'.join(path[:-1])!r} (valid: {', '.join(valid_keys(Config))})")
+        if path[-1] not in section.model_fields:
+            where = ".".join(path[:-1]) or "top level"
+            raise ConfigError(
+                f"config: unknown key {'.'.join(path)!r} in {where} (valid keys: {', '.join(valid_keys(section))})"
+            )
+        node = out
+        for name in path[:-1]:
+            node = node.setdefault(name, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"config: {'.'.join(path[:-1])} is not a section")
+        node[path[-1]] = value
+    return out
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {str(p)!r} not found")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"config file {str(p)!r} is not valid YAML{where}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {str(p)!r} must hold a mapping, not {type(data).__name__}")
+    return data
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def _merge_preset(raw: dict[str, Any]) -> dict[str, Any]:
+    model = dict(raw.get("model") or {})
+    name = model.get("preset")
+    if name is None:
+        return raw
+    path = PRESET_DIR / f"{name}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"config: model.preset: unknown preset {name!r}; valid: {', '.join(preset_names())}")
+    merged = {**read_yaml(path), **model}
+    return {**raw, "model": merged}
+
+
+def resolve_config(raw: Mapping[str, Any], overrides: Sequence[str] = ()) -> Config:
+    """Base mapping + overrides + preset -> validated Config."""
+    return _validate(_merge_preset(apply_overrides(raw, overrides)))
+
+
+def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> Config:
+    """Load a YAML config file (or defaults when `path` is None) with dotted overrides."""
+    raw = read_yaml(path) if path is not None else {}
+    return resolve_config(raw, overrides)
+
+
+def flatten(cfg: Config | Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"train.lr_g": 1.6e-4, ...}: the flat form MLflow stores as params."""
+    data = cfg.to_dict() if isinstance(cfg, Config) else cfg
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(flatten(value, f"{name}."))
+        else:
+            out[name] = value
+    return out
+
+
+def save_config(cfg: Config, path: str | Path) -> Path:
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_suffix(p.suffix + ".tmp")
+    tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    tmp.replace(p)
+    return p
