@@ -1,0 +1,152 @@
+"""Trainer throughput: images/s of `ddgan.trainer` vs a plain reference loop, same model, same run.
+
+The reference is what one writes first: a `Dataset` of per-sample tensors, a
+shuffling `DataLoader`, fp32, `.item()` on every loss each step, EMA updated
+parameter by parameter. The trainer draws batches by random index from one
+tensor on the device, keeps losses on the device until a log step, and uses
+foreach EMA (and bf16/channels_last/compile on CUDA).
+
+    python -m benchmarks.train_throughput --presets tiny small --methods ddgan ddpm --steps 30
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from benchmarks.common import header, markdown_table
+from ddgan.config import resolve_config
+from ddgan.data import load_fashion_mnist, resolve_data_dir, to_model_range
+from ddgan.losses import get_objective, r1_penalty
+from ddgan.methods import schedule_for
+from ddgan.nets import build_networks
+from ddgan.trainer import train
+
+
+class PerSampleDataset(Dataset):
+    def __init__(self, images_uint8):
+        self.images = images_uint8
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        return self.images[i].float().div(127.5).sub(1.0).unsqueeze(0)  # (1, 28, 28)
+
+
+def reference_loop(cfg, images_uint8, steps: int, device: torch.device) -> float:
+    """Plain loop over the same networks and math; returns images/s."""
+    torch.manual_seed(0)
+    nets = {k: v.to(device) for k, v in build_networks(cfg.model, cfg.method).items()}
+    ema = {k: [p.detach().clone() for p in v.parameters()] for k, v in nets.items() if k != "discriminator"}
+    opts = {k: torch.optim.Adam(v.parameters(), lr=cfg.train.lr_g, betas=(0.5, 0.9)) for k, v in nets.items()}
+    sched = schedule_for(cfg)
+    objective = get_objective(cfg.objective.loss) if cfg.method == "ddgan" else None
+    loader = DataLoader(PerSampleDataset(images_uint8), batch_size=cfg.train.batch_size, shuffle=True, drop_last=True)
+    it, done, start = iter(loader), 0, None
+    while done < steps + 2:
+        if done == 2:
+            start = time.perf_counter()  # two warm-up steps
+        try:
+            x0 = next(it).to(device)
+        except StopIteration:
+            it = iter(loader)
+            continue
+        b = x0.shape[0]
+        t = torch.randint(1, sched.T + 1, (b,), device=device)
+        if cfg.method == "ddpm":
+            noise = torch.randn_like(x0)
+            loss = ((nets["denoiser"](sched.q_sample(x0, t, noise), t) - noise) ** 2).mean()
+            opts["denoiser"].zero_grad()
+            loss.backward()
+            opts["denoiser"].step()
+            loss.item()
+        else:
+            gen, disc = nets["generator"], nets["discriminator"]
+            x_prev, x_t = sched.q_sample_pair(x0, t, torch.randn_like(x0), torch.randn_like(x0))
+            x_prev.requires_grad_(True)
+            v_real = disc(x_prev, x_t, t)
+            with torch.no_grad():
+                x0_pred = gen(x_t, t, torch.randn(b, cfg.model.z_dim, device=device))
+                fake = sched.sample_posterior(x0_pred, x_t, t, torch.randn_like(x0))
+            d_loss = objective.discriminator_loss(v_real, disc(fake, x_t, t))
+            d_total = d_loss + r1_penalty(v_real, x_prev, cfg.objective.r1_gamma)
+            opts["discriminator"].zero_grad()
+            d_total.backward()
+            opts["discriminator"].step()
+            d_loss.item()
+            x_prev, x_t = sched.q_sample_pair(x0, t, torch.randn_like(x0), torch.randn_like(x0))
+            x0_pred = gen(x_t, t, torch.randn(b, cfg.model.z_dim, device=device))
+            g_loss = objective.generator_loss(disc(sched.sample_posterior(x0_pred, x_t, t, torch.randn_like(x0)), x_t, t))
+            opts["generator"].zero_grad()
+            g_loss.backward()
+            opts["generator"].step()
+            g_loss.item()
+        with torch.no_grad():
+            for name, shadow in ema.items():
+                for s, p in zip(shadow, nets[name].parameters(), strict=True):
+                    s.mul_(cfg.train.ema_decay).add_(p.detach(), alpha=1 - cfg.train.ema_decay)
+        done += 1
+    return steps * cfg.train.batch_size / (time.perf_counter() - start)
+
+
+def trainer_loop(cfg, images_uint8, steps: int, device: torch.device, out: Path) -> float:
+    """The project's trainer on the same data; img/s over steps after two warm-up steps."""
+    data = to_model_range(images_uint8).to(device)
+    from ddgan.data import RandomBatches
+
+    marks: dict[int, float] = {}
+
+    class Clock:
+        def on_train_start(self, info): ...
+        def on_train_step(self, step, metrics):
+            marks[step] = time.perf_counter()
+        def on_eval(self, *a): ...
+        def on_checkpoint(self, *a): ...
+        def on_train_end(self, *a, **k): ...
+
+    cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"steps": steps + 2, "log_every": 1})})
+    train(cfg, out, data=RandomBatches(data, cfg.train.batch_size, seed=0), callbacks=[Clock()],
+          evaluator=lambda *a, **k: ({}, {}))
+    return steps * cfg.train.batch_size / (marks[steps + 2] - marks[2])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--presets", nargs="+", default=["tiny", "small"])
+    p.add_argument("--methods", nargs="+", default=["ddgan", "ddpm"])
+    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--T", type=int, default=4, help="DDGAN T (DDPM uses 1000)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--compile", action="store_true", help="torch.compile in the trainer")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--out", type=Path, default=Path("/tmp/ddgan-bench"))
+    args = p.parse_args()
+    device = torch.device(args.device)
+    images, _ = load_fashion_mnist(resolve_data_dir(args.data_dir), "train")
+    rows = []
+    for preset in args.presets:
+        for method in args.methods:
+            T = args.T if method == "ddgan" else 1000
+            cfg = resolve_config({"method": method, "model": {"preset": preset}, "diffusion": {"T": T},
+                                  "train": {"batch_size": args.batch, "device": args.device, "compile": args.compile},
+                                  "eval": {"every": 10**9}},
+                                 ["diffusion.schedule=linear"] if method == "ddpm" else [])
+            ref = reference_loop(cfg, images, args.steps, device)
+            ours = trainer_loop(cfg, images, args.steps, device, args.out / f"{preset}-{method}")
+            rows.append({"preset": preset, "method": method, "T": T, "batch": args.batch,
+                         "reference img/s": ref, "trainer img/s": ours, "ratio": ours / ref})
+    text = header("Trainer throughput", str(device)) + "\n" + markdown_table(
+        rows, ["preset", "method", "T", "batch", "reference img/s", "trainer img/s", "ratio"])
+    print(text)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "train_throughput.md").write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()

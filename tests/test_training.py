@@ -1,0 +1,199 @@
+"""Trainer, EMA, checkpoints, exact resume, divergence guard (tiny preset, CPU)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ddgan.callbacks import Callback, StopAfter
+from ddgan.checkpoint import list_checkpoints, load_checkpoint
+from ddgan.config import resolve_config
+from ddgan.ema import EMA
+from ddgan.errors import TrainingDiverged
+from ddgan.export import load_for_sampling
+from ddgan.methods import schedule_for
+from ddgan.sampler import sample_ddgan
+from ddgan.trainer import train
+
+
+class Recorder(Callback):
+    """Collects every hook call so tests can check what the trainer reported."""
+
+    def __init__(self):
+        self.steps: list[tuple[int, dict]] = []
+        self.evals: list[tuple[int, dict, dict, object]] = []
+        self.ends: list[tuple[int, str]] = []
+
+    def on_train_step(self, step, metrics):
+        self.steps.append((step, dict(metrics)))
+
+    def on_eval(self, step, metrics, artifacts, checkpoint):
+        self.evals.append((step, metrics, artifacts, checkpoint))
+
+    def on_train_end(self, step, status, error=None):
+        self.ends.append((step, status))
+
+
+def null_evaluator(sample_fn, step, out_dir, final=False):
+    """A stand-in evaluator (the real ones live in ddgan.metrics): samples 4 images, reports NFE."""
+    images, nfe = sample_fn(4, torch.Generator().manual_seed(0))
+    assert images.shape == (4, 1, 28, 28)
+    return {"eval/nfe": float(nfe)}, {}
+
+
+class Batches:
+    """A resumable iterator over a fixed tensor (random index, own generator)."""
+
+    def __init__(self, x, batch_size, seed=0):
+        self.x, self.batch_size = x, batch_size
+        self.gen = torch.Generator().manual_seed(seed)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return self.x[torch.randint(len(self.x), (self.batch_size,), generator=self.gen)]
+
+    def state_dict(self):
+        return {"gen": self.gen.get_state()}
+
+    def load_state_dict(self, state):
+        self.gen.set_state(state["gen"])
+
+
+def tiny(method="ddgan", **overrides):
+    base = {"method": method, "model": {"preset": "tiny"},
+            "diffusion": {"T": 2 if method == "ddgan" else 20},
+            "train": {"steps": 6, "batch_size": 8, "log_every": 1, "lr_g": 1e-3, "device": "cpu"},
+            "eval": {"every": 3, "n_samples": 4}}
+    return resolve_config(base, [f"{k}={v}" for k, v in overrides.items()])
+
+
+def two_mode_data(n=256, seed=0):
+    """Images that are constant +0.6 or -0.6: a 1-D target hidden in 784 pixels."""
+    g = torch.Generator().manual_seed(seed)
+    signs = torch.where(torch.rand(n, generator=g) < 0.5, -1.0, 1.0)
+    return (0.6 * signs).view(n, 1, 1, 1).expand(n, 1, 28, 28).clone()
+
+
+def test_ema_matches_closed_form():
+    model = torch.nn.Linear(3, 1)
+    ema = EMA(model, decay=0.9)
+    start = ema.module.weight.clone()
+    with torch.no_grad():
+        model.weight.fill_(2.0)
+    for _ in range(5):
+        ema.update(model)
+    expected = 2.0 + 0.9**5 * (start - 2.0)
+    torch.testing.assert_close(ema.module.weight, expected)
+
+
+def test_exact_resume_matches_uninterrupted(tmp_path):
+    data = two_mode_data(64)
+    cfg = tiny(**{"train.cosine_decay": True})
+    full = Recorder()
+    train(cfg, tmp_path / "full", data=Batches(data, 8), callbacks=[full], evaluator=null_evaluator)
+
+    first = Recorder()
+    r1 = train(cfg, tmp_path / "split", data=Batches(data, 8), callbacks=[first, StopAfter(4)],
+               evaluator=null_evaluator)
+    assert (r1.step, r1.status) == (4, "stopped")
+    second = Recorder()
+    r2 = train(cfg, tmp_path / "split", data=Batches(data, 8, seed=99), callbacks=[second],
+               evaluator=null_evaluator, resume_from=tmp_path / "split")
+    assert (r2.step, r2.status) == (6, "completed")
+    assert [s for s, _ in second.steps] == [5, 6]
+    for (step_a, m_a), (step_b, m_b) in zip(full.steps[4:], second.steps, strict=True):
+        assert step_a == step_b
+        for key in ("train/d_loss", "train/g_loss"):
+            assert m_a[key] == pytest.approx(m_b[key], rel=1e-5, abs=1e-6)
+    a = load_checkpoint(list_checkpoints(tmp_path / "full" / "checkpoints")[-1])
+    b = load_checkpoint(list_checkpoints(tmp_path / "split" / "checkpoints")[-1])
+    for net in ("generator", "discriminator"):
+        for key, value in a["networks"][net].items():
+            torch.testing.assert_close(value, b["networks"][net][key], rtol=1e-5, atol=1e-6)
+
+
+def test_checkpoint_round_trip_gives_identical_samples(tmp_path):
+    cfg = tiny()
+    result = train(cfg, tmp_path, data=Batches(two_mode_data(32), 8), evaluator=null_evaluator)
+    state = load_checkpoint(result.checkpoint)
+    assert state["step"] == 6 and state["config"] == cfg.to_dict()
+    loaded_cfg, net = load_for_sampling(result.checkpoint)
+    schedule = schedule_for(loaded_cfg)
+    a, nfe = sample_ddgan(net, schedule, 5, z_dim=cfg.model.z_dim, torch_generator=torch.Generator().manual_seed(3))
+    _, net2 = load_for_sampling(tmp_path)  # the run directory resolves to its latest checkpoint
+    b, _ = sample_ddgan(net2, schedule, 5, z_dim=cfg.model.z_dim, torch_generator=torch.Generator().manual_seed(3))
+    assert nfe == 2
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert a.min() >= -1 and a.max() <= 1
+
+
+def test_divergence_guard_names_step_and_keeps_checkpoints(tmp_path):
+    cfg = tiny(**{"fault.nan_at_step": 5})
+    rec = Recorder()
+    with pytest.raises(TrainingDiverged) as info:
+        train(cfg, tmp_path, data=Batches(two_mode_data(32), 8), callbacks=[rec], evaluator=null_evaluator)
+    assert info.value.step == 5 and info.value.quantity == "train/d_loss"
+    assert "step 5" in str(info.value)
+    assert rec.ends == [(5, "diverged")]
+    kept = list_checkpoints(tmp_path / "checkpoints")
+    assert [p.name for p in kept] == ["ckpt_0000003.pt"]
+    load_checkpoint(kept[0])  # still readable
+
+
+def test_callback_can_stop_training_cleanly(tmp_path):
+    class StopAtFirstEval(Callback):
+        def on_eval(self, step, metrics, artifacts, checkpoint):
+            return True
+
+    rec = Recorder()
+    result = train(tiny(), tmp_path, data=Batches(two_mode_data(32), 8), callbacks=[rec, StopAtFirstEval()],
+                   evaluator=null_evaluator)
+    assert (result.step, result.status) == (3, "stopped")
+    assert rec.ends == [(3, "stopped")]
+    assert result.checkpoint is not None and result.checkpoint.exists()
+
+
+def pooled_frechet(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Frechet distance between 7x7 average-pooled images (49-d Gaussians): a low-dimensional target."""
+    fa, fb = (torch.nn.functional.avg_pool2d(x, 4).flatten(1).double() for x in (a, b))
+    ca, cb = torch.cov(fa.T), torch.cov(fb.T)
+    cross = torch.linalg.eigvals(ca @ cb).real.clamp(min=0).sqrt().sum()
+    return float(((fa.mean(0) - fb.mean(0)) ** 2).sum() + ca.trace() + cb.trace() - 2 * cross)
+
+
+def test_tiny_ddgan_moves_samples_toward_target(tmp_path, fmnist_dir):
+    from ddgan.data import load_fashion_mnist, to_model_range
+
+    images, _ = load_fashion_mnist(fmnist_dir, "test")
+    data, target = to_model_range(images[:500]), to_model_range(images[500:800])
+    cfg = tiny(**{"diffusion.T": 4, "train.steps": 100, "train.batch_size": 32, "eval.every": 100,
+                  "train.log_every": 50, "train.ema_decay": 0.9, "train.lr_g": 2e-3})
+
+    def distance(net):
+        samples, _ = sample_ddgan(net, schedule_for(cfg), 300, z_dim=cfg.model.z_dim,
+                                  torch_generator=torch.Generator().manual_seed(0))
+        return pooled_frechet(samples, target)
+
+    from ddgan.methods import build_method
+
+    torch.manual_seed(cfg.train.seed)  # the trainer initialises with the same seed
+    before = distance(build_method(cfg, torch.device("cpu")).networks["generator"])
+    result = train(cfg, tmp_path, data=Batches(data, 32), evaluator=null_evaluator)
+    after = distance(load_for_sampling(result.checkpoint)[1])
+    # Measured: 23.3 -> 13.6 (real-vs-real is 0.29); an untrained or broken step stays near 23.
+    assert after < 0.75 * before, (before, after)
+
+
+def test_tiny_ddpm_lowers_its_loss(tmp_path, fmnist_dir):
+    from ddgan.data import load_fashion_mnist, to_model_range
+
+    images, _ = load_fashion_mnist(fmnist_dir, "test")
+    data = to_model_range(images[:300])
+    cfg = tiny("ddpm", **{"train.steps": 120, "train.batch_size": 32, "eval.every": 120, "train.log_every": 20,
+                          "train.beta1": 0.9, "train.beta2": 0.999})
+    rec = Recorder()
+    train(cfg, tmp_path, data=Batches(data, 32), callbacks=[rec], evaluator=null_evaluator)
+    losses = [m["train/loss"] for _, m in rec.steps]
+    assert losses[-1] < 0.7 * losses[0], losses
