@@ -125,6 +125,7 @@ class EvalConfig(_Section):
     final_metrics: tuple[str, ...] = ()  # extra metrics at the last step only (e.g. fid_inception)
     final_n_samples: int | None = Field(default=None, ge=1)
     reference_split: Literal["train", "test"] = "train"
+    reference_n: int | None = Field(default=None, ge=2)  # None: the whole split (Inception on CPU: cap it)
     respaced_steps: int | None = Field(default=None, ge=1)  # DDPM: sample with S < T steps
     sampler: Literal["ancestral", "ddim"] = "ancestral"  # DDPM only
 
@@ -132,6 +133,16 @@ class EvalConfig(_Section):
     @classmethod
     def _listify(cls, v: Any) -> Any:
         return tuple(v) if isinstance(v, list) else v
+
+    @field_validator("metrics", "final_metrics")
+    @classmethod
+    def _known_metrics(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        from ddgan.metrics.evaluator import valid_metric_specs
+
+        unknown = [m for m in v if m not in valid_metric_specs()]
+        if unknown:
+            raise ValueError(f"unknown metric {unknown[0]!r}; valid: {', '.join(valid_metric_specs())}")
+        return v
 
 
 class CheckpointConfig(_Section):

@@ -210,6 +210,7 @@ def train(
     out_dir = Path(out_dir).resolve()
     _check_writable(out_dir)
     device = pick_device(cfg.train.device)
+    data_dir = data_dir if data_dir is not None else cfg.data.dir
     data_dir = Path(data_dir) if data_dir is not None else None
     seed_everything(cfg.train.seed)
     method = build_method(cfg, device)
