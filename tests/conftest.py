@@ -35,3 +35,26 @@ def fmnist_dir() -> Path:
     if path is None:
         pytest.skip("Fashion-MNIST not found: set DDGAN_DATA_DIR or provide ../shared/data/fashion-mnist")
     return path
+
+
+# Real PostgreSQL and `mlflow server` on 127.0.0.1 (session-scoped; see tests/servers.py).
+from servers import mlflow_server_uri, postgres_server, postgres_url  # noqa: E402, F401
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray cluster (2 CPUs) for every study test; yields its GCS address.
+
+    Study runs in the test process reuse it; subprocess drivers join it with --address.
+    """
+    ray = pytest.importorskip("ray")
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def reference_cache(tmp_path_factory) -> Path:
+    """A reference-statistics cache shared by the study tests (computed once per session)."""
+    return tmp_path_factory.mktemp("reference-cache")

@@ -1,0 +1,380 @@
+"""Grid files: a strict schema, validation, and expansion into cells and trials.
+
+A grid file (`configs/grids/<name>.yaml`) names the base config of each method,
+the axes of the study, the metric the pruner watches, the pruner, the evaluation
+cadence and training budget, and the resources of one trial. `load_grid` parses
+it (unknown keys are errors that list the valid ones); `expand` turns it into
+`TrialSpec`s and resolves every trial's config through `ddgan.config`, so a bad
+value in any trial is reported before anything starts.
+
+Cells are what the study measures and what the pruner compares within:
+  ddgan-<loss>-T<T>          DDGAN with one objective and T steps (axes: lr x seed)
+  ddpm-T<T>                  one DDPM model trained with T steps
+  ddpm-<sampler>-S<S>        the T=respaced.T DDPM model sampled with S respaced steps
+The respaced cells are a second phase ("sample"): they evaluate the finished
+model of their source trial and never train.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, model_validator
+
+from ddgan.config import CONFIG_DIR, Config, read_yaml, resolve_config
+from ddgan.errors import ConfigError, UsageError
+
+GRID_DIR = CONFIG_DIR / "grids"
+PHASES = ("train", "sample")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+StepCount = Annotated[StrictInt, Field(ge=1)]  # T, S: integers >= 1 (2.5 and "3" are errors)
+LearningRate = Annotated[float, Field(gt=0)]
+
+
+class Budget(_Strict):
+    """Training length: optimiser steps, or images seen (steps = images / batch size)."""
+
+    steps: StrictInt | None = Field(default=None, ge=1)
+    images: StrictInt | None = Field(default=None, ge=1)
+
+    @model_validator(mode="after")
+    def _one(self) -> Budget:
+        if (self.steps is None) == (self.images is None):
+            raise ValueError("give exactly one of steps or images")
+        return self
+
+
+class EvalPlan(_Strict):
+    """Evaluation cadence and cost (maps onto the config's `eval` section)."""
+
+    every: StrictInt = Field(ge=1)
+    n_samples: StrictInt = Field(default=2000, ge=1)
+    batch_size: StrictInt | None = Field(default=None, ge=1)
+    metrics: tuple[str, ...] = ("fd_fmnist",)
+    final_metrics: tuple[str, ...] = ()
+    final_n_samples: StrictInt | None = Field(default=None, ge=1)
+    grid_size: StrictInt | None = Field(default=None, ge=1)
+    reference_split: Literal["train", "test"] | None = None
+    reference_n: StrictInt | None = Field(default=None, ge=2)  # first N reference images (default: the split)
+
+
+class Pruner(_Strict):
+    """Optuna pruner per cell; see study/pruning.py for what each kind does in a parallel grid."""
+
+    kind: Literal["median", "percentile", "successive_halving", "hyperband", "none"] = "median"
+    include_running: bool = True  # median/percentile: also compare with running trials (see pruning.py)
+    percentile: float = Field(default=50.0, gt=0, lt=100)  # percentile only
+    n_startup_trials: StrictInt = Field(default=1, ge=0)  # median/percentile: trials needed to compare
+    n_warmup_steps: StrictInt = Field(default=0, ge=0)  # no pruning before this step
+    n_min_trials: StrictInt = Field(default=1, ge=1)
+    min_resource: StrictInt | None = Field(default=None, ge=1)  # SHA/hyperband: first rung (steps)
+    max_resource: StrictInt | None = Field(default=None, ge=1)  # hyperband
+    reduction_factor: StrictInt = Field(default=2, ge=2)
+    min_early_stopping_rate: StrictInt = Field(default=0, ge=0)
+
+
+class Resources(_Strict):
+    cpus: float = Field(default=1.0, gt=0)
+    gpus: float = Field(default=0.0, ge=0)
+
+
+class DDGANAxes(_Strict):
+    losses: tuple[str, ...] = Field(min_length=1)
+    T: tuple[StepCount, ...] = Field(min_length=1)
+    lr: tuple[LearningRate, ...] = Field(min_length=1)
+    overrides: tuple[str, ...] = ()  # dotted overrides for every DDGAN trial
+
+
+class Respaced(_Strict):
+    """One DDPM model with T steps, sampled with each S and sampler (a second phase)."""
+
+    T: StrictInt = Field(ge=1)
+    steps: tuple[StepCount, ...] = Field(min_length=1)
+    samplers: tuple[Literal["ancestral", "ddim"], ...] = Field(default=("ancestral", "ddim"), min_length=1)
+    # How the source model is evaluated while it trains (sampling all T steps at every
+    # evaluation would cost more than the training): by default DDIM with the smallest S.
+    train_eval: tuple[str, ...] | None = None
+
+    @model_validator(mode="after")
+    def _steps(self) -> Respaced:
+        if any(s < 1 or s > self.T for s in self.steps):
+            raise ValueError(f"respaced.steps must be in 1..{self.T}")
+        return self
+
+
+class DDPMAxes(_Strict):
+    T: tuple[StepCount, ...] = ()  # one model per T
+    lr: tuple[LearningRate, ...] = Field(min_length=1)
+    respaced: Respaced | None = None
+    budget: Budget | None = None  # default: the grid's budget
+    overrides: tuple[str, ...] = ()
+
+    @model_validator(mode="after")
+    def _something(self) -> DDPMAxes:
+        if not self.T and self.respaced is None:
+            raise ValueError("needs T (one model per T) or respaced (or both)")
+        return self
+
+
+class Grid(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    description: str = ""
+    base: dict[Literal["ddgan", "ddpm"], str]  # method -> base config path (relative to the grid file)
+    overrides: tuple[str, ...] = ()  # dotted overrides for every trial
+    seeds: tuple[StrictInt, ...] = Field(default=(0,), min_length=1)
+    ddgan: DDGANAxes | None = None
+    ddpm: DDPMAxes | None = None
+    budget: Budget
+    eval: EvalPlan
+    metric: str = Field(pattern=r"^(eval|train)/.+")  # the reported value the pruner and Optuna see
+    mode: Literal["min", "max"] = "min"
+    pruner: Pruner = Pruner()
+    resources: Resources = Resources()
+    max_concurrent: StrictInt | None = Field(default=None, ge=1)
+    max_failures: StrictInt = Field(default=2, ge=0)  # retries of a crashed trial (from its checkpoint)
+    # Extra dotted overrides for one cell or one trial key, applied last (e.g. the `fault`
+    # section for the reliability tests, or a smaller batch for one expensive cell).
+    trial_overrides: dict[str, tuple[str, ...]] = {}
+
+    @model_validator(mode="after")
+    def _methods(self) -> Grid:
+        if self.ddgan is None and self.ddpm is None:
+            raise ValueError("a grid needs a ddgan or a ddpm section")
+        for method in ("ddgan", "ddpm"):
+            if getattr(self, method) is not None and method not in self.base:
+                raise ValueError(f"base: no base config for method {method!r}")
+        return self
+
+
+@dataclass(frozen=True)
+class TrialSpec:
+    """One trial: a cell, a base config and the dotted overrides that make its config."""
+
+    key: str  # unique within the study; names the MLflow run and the Optuna trial
+    cell: str
+    phase: str  # "train" | "sample"
+    method: str
+    loss: str  # DDGAN objective; "mse" for DDPM
+    T: int  # DDGAN/DDPM steps; for sample trials the model's T
+    lr: float
+    seed: int
+    base: str  # absolute path of the base config
+    overrides: tuple[str, ...]
+    sampling_steps: int | None = None  # sample trials: S
+    sampler: str | None = None  # DDPM sampler
+    source: str | None = None  # sample trials: the key of the trial that trained the model
+    total_steps: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Plan:
+    grid: Grid
+    path: Path
+    trials: list[TrialSpec]
+    configs: dict[str, dict[str, Any]] = field(default_factory=dict)  # key -> resolved config
+
+    def cells(self) -> dict[str, list[TrialSpec]]:
+        out: dict[str, list[TrialSpec]] = {}
+        for spec in self.trials:
+            out.setdefault(spec.cell, []).append(spec)
+        return out
+
+    def phase(self, name: str) -> list[TrialSpec]:
+        return [t for t in self.trials if t.phase == name]
+
+    def fingerprint(self) -> str:
+        """Hash of what defines the study's trials (a changed grid must not be resumed)."""
+        items = [(t.key, t.cell, t.overrides, self.configs.get(t.key)) for t in self.trials]
+        blob = json.dumps([self.grid.metric, self.grid.mode, items], sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def grid_names() -> list[str]:
+    return sorted(p.stem for p in GRID_DIR.glob("*.yaml"))
+
+
+def find_grid(name_or_path: str) -> Path:
+    """`smoke` -> configs/grids/smoke.yaml; a path is used as is."""
+    looks_like_path = "/" in name_or_path or name_or_path.endswith((".yaml", ".yml"))
+    if looks_like_path:
+        path = Path(name_or_path).expanduser()
+        if not path.is_file():
+            raise UsageError(f"grid file {str(path)!r} not found")
+        return path.resolve()
+    path = GRID_DIR / f"{name_or_path}.yaml"
+    if not path.is_file():
+        raise UsageError(f"unknown grid {name_or_path!r}; valid: {', '.join(grid_names())} (or a path to a YAML file)")
+    return path.resolve()
+
+
+def _format_error(err: ValidationError, where: str) -> str:
+    first = err.errors()[0]
+    loc = [str(p) for p in first["loc"]]
+    key = ".".join(loc)
+    if first["type"] == "extra_forbidden":
+        section = _section_model(loc[:-1])
+        valid = ", ".join(section.model_fields) if section else "?"
+        return f"{where}: unknown key {key!r} (valid keys: {valid})"
+    msg = first["msg"].removeprefix("Value error, ")
+    return f"{where}: {key}: {msg}" if key else f"{where}: {msg}"
+
+
+def _section_model(path: list[str]) -> type[BaseModel] | None:
+    model: type[BaseModel] = Grid
+    for name in path:
+        field_info = model.model_fields.get(name)
+        if field_info is None:
+            return None
+        annotation = field_info.annotation
+        candidates = getattr(annotation, "__args__", (annotation,))
+        models = [c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)]
+        if not models:
+            return None
+        model = models[0]
+    return model
+
+
+def load_grid(name_or_path: str) -> tuple[Grid, Path]:
+    path = find_grid(name_or_path)
+    raw = read_yaml(path)
+    try:
+        return Grid.model_validate(raw), path
+    except ValidationError as err:
+        raise ConfigError(_format_error(err, f"grid {path.name}")) from None
+
+
+# -- expansion ----------------------------------------------------------------------------
+
+
+def _yaml_list(values: tuple[str, ...]) -> str:
+    return "[" + ", ".join(values) + "]"
+
+
+def _eval_overrides(plan: EvalPlan) -> list[str]:
+    out = [f"eval.every={plan.every}", f"eval.n_samples={plan.n_samples}",
+           f"eval.metrics={_yaml_list(plan.metrics)}", f"eval.final_metrics={_yaml_list(plan.final_metrics)}"]
+    for name in ("batch_size", "final_n_samples", "grid_size", "reference_split", "reference_n"):
+        value = getattr(plan, name)
+        if value is not None:
+            out.append(f"eval.{name}={value}")
+    return out
+
+
+def _resolve(base: dict[str, Any], overrides: list[str], where: str) -> Config:
+    try:
+        return resolve_config(base, overrides)
+    except ConfigError as err:
+        raise ConfigError(f"trial {where}: {err}") from None
+
+
+def _with_budget(base: dict[str, Any], overrides: list[str], budget: Budget, where: str) -> list[str]:
+    """Append `train.steps=N` (from images seen, the batch size is the resolved one)."""
+    if budget.steps is not None:
+        return [*overrides, f"train.steps={budget.steps}"]
+    batch = _resolve(base, overrides, where).train.batch_size
+    return [*overrides, f"train.steps={-(-budget.images // batch)}"]
+
+
+class _Expander:
+    """Builds the trial list of one grid; every config is resolved (validated) on the way."""
+
+    def __init__(self, grid: Grid, path: Path):
+        self.grid, self.path = grid, path
+        self.bases = {m: self._base_path(p) for m, p in grid.base.items()}
+        self.raw = {m: read_yaml(p) for m, p in self.bases.items()}
+        self.trials: list[TrialSpec] = []
+        self.configs: dict[str, dict[str, Any]] = {}
+
+    def _base_path(self, text: str) -> Path:
+        path = Path(text).expanduser()
+        path = path if path.is_absolute() else (self.path.parent / path)
+        if not path.is_file():
+            raise ConfigError(f"grid {self.path.name}: base config {text!r} not found (relative to the grid file)")
+        return path.resolve()
+
+    def add(self, spec: TrialSpec) -> TrialSpec:
+        if any(t.key == spec.key for t in self.trials):
+            raise ConfigError(f"grid {self.path.name}: two trials have the key {spec.key!r} (repeated axis value?)")
+        extra = (*self.grid.trial_overrides.get(spec.cell, ()), *self.grid.trial_overrides.get(spec.key, ()))
+        if extra:
+            spec = TrialSpec(**{**spec.to_dict(), "overrides": (*spec.overrides, *extra)})
+        cfg = _resolve(self.raw[spec.method], list(spec.overrides), spec.key)
+        spec = TrialSpec(**{**spec.to_dict(), "total_steps": cfg.train.steps})
+        self.trials.append(spec)
+        self.configs[spec.key] = cfg.to_dict()
+        return spec
+
+    def common(self, extra: tuple[str, ...]) -> list[str]:
+        return [*self.grid.overrides, *extra, *_eval_overrides(self.grid.eval)]
+
+    def ddgan(self, axes: DDGANAxes) -> None:
+        for loss in axes.losses:
+            for T in axes.T:
+                for lr in axes.lr:
+                    for seed in self.grid.seeds:
+                        key = f"ddgan-{loss}-T{T}-lr{lr:g}-s{seed}"
+                        own = [f"objective.loss={loss}", f"diffusion.T={T}", f"train.lr_g={lr!r}", f"train.seed={seed}"]
+                        overrides = self.common(axes.overrides) + own
+                        overrides = _with_budget(self.raw["ddgan"], overrides, self.grid.budget, key)
+                        self.add(TrialSpec(key, f"ddgan-{loss}-T{T}", "train", "ddgan", loss, T, lr, seed,
+                                           str(self.bases["ddgan"]), tuple(overrides)))
+
+    def ddpm(self, axes: DDPMAxes) -> None:
+        respaced = axes.respaced
+        model_Ts = list(axes.T) + ([respaced.T] if respaced and respaced.T not in axes.T else [])
+        budget = axes.budget or self.grid.budget
+        for T in model_Ts:
+            for lr in axes.lr:
+                for seed in self.grid.seeds:
+                    key = f"ddpm-T{T}-lr{lr:g}-s{seed}"
+                    own = [f"diffusion.T={T}", f"train.lr_g={lr!r}", f"train.seed={seed}"]
+                    if respaced and T == respaced.T:
+                        own += list(respaced.train_eval if respaced.train_eval is not None
+                                    else (f"eval.respaced_steps={min(respaced.steps)}", "eval.sampler=ddim"))
+                    overrides = _with_budget(self.raw["ddpm"], self.common(axes.overrides) + own, budget, key)
+                    source = self.add(TrialSpec(key, f"ddpm-T{T}", "train", "ddpm", "mse", T, lr, seed,
+                                                str(self.bases["ddpm"]), tuple(overrides)))
+                    if respaced and T == respaced.T:
+                        self.sample_trials(source, respaced)
+
+    def sample_trials(self, source: TrialSpec, respaced: Respaced) -> None:
+        for sampler in respaced.samplers:
+            for S in respaced.steps:
+                own = (f"eval.respaced_steps={S}", f"eval.sampler={sampler}")
+                self.add(TrialSpec(
+                    f"ddpm-{sampler}-S{S}-of-{source.key}", f"ddpm-{sampler}-S{S}", "sample", "ddpm", "mse",
+                    source.T, source.lr, source.seed, source.base, (*source.overrides, *own),
+                    sampling_steps=S, sampler=sampler, source=source.key))
+
+
+def expand(grid: Grid, path: Path) -> Plan:
+    """All trials of `grid` in run order (DDGAN, then DDPM, then the sampling phase)."""
+    expander = _Expander(grid, path)
+    if grid.ddgan is not None:
+        expander.ddgan(grid.ddgan)
+    if grid.ddpm is not None:
+        expander.ddpm(grid.ddpm)
+    trials = [t for t in expander.trials if t.phase == "train"] + [t for t in expander.trials if t.phase == "sample"]
+    names = {t.key for t in trials} | {t.cell for t in trials}
+    unknown = sorted(set(grid.trial_overrides) - names)
+    if unknown:
+        raise ConfigError(f"grid {path.name}: trial_overrides names no cell or trial: {', '.join(unknown)} "
+                          f"(cells: {', '.join(sorted({t.cell for t in trials}))})")
+    return Plan(grid, path, trials, expander.configs)
+
+
+def load_plan(name_or_path: str) -> Plan:
+    grid, path = load_grid(name_or_path)
+    return expand(grid, path)

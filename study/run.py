@@ -1,0 +1,55 @@
+"""CLI: `python -m study.run --grid NAME|PATH [flags]` runs (or resumes) a study.
+
+Embedded default: local Ray, MLflow in sqlite:///<results>/mlflow.db, Optuna in
+<results>/<study>/optuna.db, Ray storage in <results>/<study>/ray. On a cluster:
+--address, --storage-path, --mlflow-uri, --optuna-storage; the same code.
+Bad input: one line on stderr, exit code 2, nothing started or written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from ddgan.cli import run_cli
+from study.driver import StudyOptions, run_study
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m study.run", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--grid", required=True, help="grid name in configs/grids (smoke, cpu, full) or a YAML path")
+    p.add_argument("--study", default=None, help="study name (default: the grid's name)")
+    p.add_argument("--dry-run", action="store_true", help="print the plan; start and write nothing")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted study")
+    p.add_argument("--address", default=None, help="Ray cluster: auto, host:port or ray://host:port")
+    p.add_argument("--storage-path", default=None, help="Ray storage (shared directory or s3://...)")
+    p.add_argument("--mlflow-uri", default=None, help="MLflow tracking URI (http://host:5000, sqlite:///...)")
+    p.add_argument("--optuna-storage", default=None, help="Optuna storage URL (postgresql://..., sqlite:///...)")
+    p.add_argument("--gpus-per-trial", type=float, default=None, help="fractions pack several trials per GPU")
+    p.add_argument("--cpus-per-trial", type=float, default=None)
+    p.add_argument("--max-concurrent", type=int, default=None)
+    p.add_argument("--data-dir", default=None, help="Fashion-MNIST IDX directory (else $DDGAN_DATA_DIR)")
+    p.add_argument("--fid-weights", default=None, help="TorchScript Inception weights for the final FID")
+    p.add_argument("--results-dir", default="results", help="embedded stores live here (default: results)")
+    p.add_argument("--cache-dir", default=None,
+                   help="reference-statistics cache (default: $DDGAN_CACHE_DIR, else <results-dir>/.cache)")
+    p.add_argument("--quiet", action="store_true", help="no progress table")
+    return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    options = StudyOptions(
+        grid=args.grid, study=args.study, dry_run=args.dry_run, resume=args.resume, address=args.address,
+        storage_path=args.storage_path, mlflow_uri=args.mlflow_uri, optuna_storage=args.optuna_storage,
+        gpus_per_trial=args.gpus_per_trial, cpus_per_trial=args.cpus_per_trial,
+        max_concurrent=args.max_concurrent, data_dir=args.data_dir, fid_weights=args.fid_weights,
+        results_dir=args.results_dir, cache_dir=args.cache_dir, verbose=0 if args.quiet else 1)
+    print(run_study(options))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

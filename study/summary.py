@@ -1,0 +1,58 @@
+"""What the study prints: the plan (`--dry-run`) and the one-screen summary at the end."""
+
+from __future__ import annotations
+
+from optuna.trial import TrialState
+
+from study.stores import mask_uri
+
+
+def describe_plan(prep) -> str:
+    """Cells, trials, resources, budget and stores, without touching any of them."""
+    plan, grid, stores = prep.plan, prep.grid, prep.stores
+    lines = [f"study {stores.study!r} from grid {str(plan.path)!r}" + (" (resume)" if prep.options.resume else ""),
+             f"metric {grid.metric} ({grid.mode}); pruner {grid.pruner.kind} within each cell",
+             f"resources per trial: {grid.resources.cpus:g} CPU, {grid.resources.gpus:g} GPU; "
+             f"max concurrent: {grid.max_concurrent or 'as resources allow'}; retries: {grid.max_failures}",
+             f"evaluation every {grid.eval.every} steps on {grid.eval.n_samples} samples "
+             f"({', '.join(grid.eval.metrics) or 'no metric'}; final: {', '.join(grid.eval.final_metrics) or '-'})",
+             "", f"{'cell':<28} {'phase':<7} {'trials':>6} {'steps':>7}"]
+    for cell, specs in plan.cells().items():
+        steps = sorted({s.total_steps for s in specs})
+        lines.append(f"{cell:<28} {specs[0].phase:<7} {len(specs):>6} {'/'.join(map(str, steps)):>7}")
+    total_steps = sum(s.total_steps for s in plan.trials if s.phase == "train")
+    lines += ["", f"{len(plan.trials)} trials in {len(plan.cells())} cells; {total_steps} training steps in all",
+              f"data: {prep.data_dir}"]
+    lines += [f"{name}: {value}" for name, value in stores.describe().items()]
+    lines += [f"note: {note}" for note in prep.notes]
+    return "\n".join(lines)
+
+
+def _counts(book, plan) -> dict[str, int]:
+    counts = {"completed": 0, "pruned": 0, "failed": 0, "unfinished": 0}
+    names = {TrialState.COMPLETE: "completed", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed"}
+    for spec in plan.trials:
+        counts[names.get(book.frozen(spec.key).state, "unfinished")] += 1
+    return counts
+
+
+def summarize(prep, book, seconds: float) -> tuple[str, dict[str, int]]:
+    """Best trial per cell, counts by final state, where the results are."""
+    plan, grid, stores = prep.plan, prep.grid, prep.stores
+    lines = [f"study {stores.study!r}: {len(plan.trials)} trials in {seconds / 60:.1f} min", "",
+             f"{'cell':<28} {'best ' + grid.metric:<30} {'trial':<40} done/pruned/failed"]
+    for cell, specs in plan.cells().items():
+        frozen = [book.frozen(s.key) for s in specs]
+        done = [t for t in frozen if t.state == TrialState.COMPLETE and t.value is not None]
+        best = (min if grid.mode == "min" else max)(done, key=lambda t: t.value) if done else None
+        states = [sum(t.state == s for t in frozen) for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)]
+        value = f"{best.value:.4g}" if best else "-"
+        name = best.user_attrs.get("trial_key", "") if best else ""
+        lines.append(f"{cell:<28} {value:<30} {name:<40} {'/'.join(map(str, states))}")
+    counts = _counts(book, plan)
+    lines += ["", "trials: " + ", ".join(f"{v} {k}" for k, v in counts.items()),
+              f"results: {stores.study_dir}", f"MLflow: {mask_uri(stores.mlflow_uri)} (experiment {stores.study!r})",
+              f"Optuna: {mask_uri(stores.optuna_url)} (studies {stores.study}/<cell>)"]
+    if stores.mlflow_uri.startswith("sqlite:"):
+        lines.append(f"browse: python -m study.ui --results-dir {stores.results_dir}")
+    return "\n".join(lines), counts

@@ -1,0 +1,125 @@
+"""Grid files: strict schema, expansion into cells and trials, every config validated up front."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ddgan.config import Config
+from ddgan.errors import ConfigError, UsageError
+from study.grid import GRID_DIR, expand, grid_names, load_grid, load_plan
+
+BASE = {
+    "name": "g",
+    "base": {"ddgan": str(GRID_DIR.parent / "ddgan.yaml"), "ddpm": str(GRID_DIR.parent / "ddpm.yaml")},
+    "overrides": ["model.preset=tiny"],
+    "ddgan": {"losses": ["ns", "tv"], "T": [1, 4], "lr": [1e-4, 2e-4]},
+    "budget": {"steps": 100},
+    "eval": {"every": 50, "n_samples": 64, "metrics": ["fd_test-extractor"]},
+    "metric": "eval/fd_test-extractor_64",
+}
+
+
+def write_grid(tmp_path: Path, **changes) -> Path:
+    grid = {**BASE, **changes}
+    grid = {k: v for k, v in grid.items() if v is not None}
+    path = tmp_path / "g.yaml"
+    path.write_text(yaml.safe_dump(grid))
+    return path
+
+
+def test_builtin_grids_expand_and_validate():
+    assert {"smoke", "cpu", "full", "test_pruning"} <= set(grid_names())
+    for name in ("smoke", "cpu", "full", "test_pruning"):
+        plan = load_plan(name)
+        assert plan.trials and len({t.key for t in plan.trials}) == len(plan.trials)
+        for spec in plan.trials:
+            Config.from_dict(plan.configs[spec.key])  # every trial's config is a valid Config
+
+
+def test_full_grid_covers_the_seed_study():
+    plan = load_plan("full")
+    cells = plan.cells()
+    for loss in ("ns", "hellinger", "rkl", "tv"):
+        for T in range(1, 11):
+            specs = cells[f"ddgan-{loss}-T{T}"]
+            assert len({s.lr for s in specs}) >= 3
+    for T in (10, 20, 50, 100, 200, 500, 1000):
+        assert f"ddpm-T{T}" in cells
+    sample_cells = [c for c, specs in cells.items() if specs[0].phase == "sample"]
+    assert sample_cells and all(s.source.startswith("ddpm-T1000") for c in sample_cells for s in cells[c])
+
+
+def test_expansion_is_the_product_of_the_axes(tmp_path):
+    plan = expand(*load_grid(str(write_grid(tmp_path, seeds=[0, 1]))))
+    assert len(plan.trials) == 2 * 2 * 2 * 2
+    assert set(plan.cells()) == {"ddgan-ns-T1", "ddgan-ns-T4", "ddgan-tv-T1", "ddgan-tv-T4"}
+    spec = next(t for t in plan.trials if t.key == "ddgan-tv-T4-lr0.0002-s1")
+    cfg = Config.from_dict(plan.configs[spec.key])
+    assert (cfg.objective.loss, cfg.diffusion.T, cfg.train.lr_g, cfg.train.seed) == ("tv", 4, 2e-4, 1)
+    assert (cfg.train.steps, cfg.eval.every, cfg.model.base_channels) == (100, 50, 8)  # tiny preset
+
+
+def test_budget_in_images_seen_gives_equal_images_per_trial(tmp_path):
+    path = write_grid(tmp_path, budget={"images": 1000}, overrides=["model.preset=tiny", "train.batch_size=64"])
+    plan = expand(*load_grid(str(path)))
+    assert {t.total_steps for t in plan.trials} == {16}  # ceil(1000 / 64)
+
+
+def test_ddpm_cells_and_respaced_sampling_phase(tmp_path):
+    ddpm = {"T": [10, 100], "lr": [2e-4], "respaced": {"T": 100, "steps": [5, 10], "samplers": ["ancestral", "ddim"]}}
+    plan = expand(*load_grid(str(write_grid(tmp_path, ddgan=None, ddpm=ddpm))))
+    assert [t.key for t in plan.phase("train")] == ["ddpm-T10-lr0.0002-s0", "ddpm-T100-lr0.0002-s0"]
+    samples = plan.phase("sample")
+    assert {t.cell for t in samples} == {"ddpm-ancestral-S5", "ddpm-ancestral-S10", "ddpm-ddim-S5", "ddpm-ddim-S10"}
+    assert all(t.source == "ddpm-T100-lr0.0002-s0" for t in samples)
+    cfg = Config.from_dict(plan.configs["ddpm-ddim-S10-of-ddpm-T100-lr0.0002-s0"])
+    assert (cfg.diffusion.T, cfg.eval.respaced_steps, cfg.eval.sampler) == (100, 10, "ddim")
+    source = Config.from_dict(plan.configs["ddpm-T100-lr0.0002-s0"])
+    assert (source.eval.respaced_steps, source.eval.sampler) == (5, "ddim")  # cheap evaluation while training
+
+
+BAD = [
+    ("unknown top-level key", {"pruner_kind": "median"}, "valid keys"),
+    ("unknown nested key", {"ddgan": {"losses": ["ns"], "T": [1], "lr": [1e-4], "lrs": [1]}}, "'ddgan.lrs'"),
+    ("unknown loss", {"ddgan": {"losses": ["kl"], "T": [1], "lr": [1e-4]}}, "hellinger"),
+    ("T below 1", {"ddgan": {"losses": ["ns"], "T": [0], "lr": [1e-4]}}, "ddgan.T"),
+    ("T not an integer", {"ddgan": {"losses": ["ns"], "T": [2.5], "lr": [1e-4]}}, "ddgan.T"),
+    ("lr not positive", {"ddgan": {"losses": ["ns"], "T": [1], "lr": [0.0]}}, "ddgan.lr.0: Input should be greater than 0"),
+    ("empty axis", {"ddgan": {"losses": [], "T": [1], "lr": [1e-4]}}, "ddgan.losses"),
+    ("eval interval zero", {"eval": {"every": 0}}, "eval.every"),
+    ("unknown pruner", {"pruner": {"kind": "asha"}}, "pruner.kind"),
+    ("budget with both", {"budget": {"steps": 1, "images": 2}}, "exactly one"),
+    ("respaced S above T", {"ddpm": {"lr": [1e-4], "respaced": {"T": 10, "steps": [20]}}}, "respaced.steps"),
+    ("bad override", {"overrides": ["train.lrr=1"]}, "valid keys"),
+    ("missing base", {"base": {"ddgan": "nope.yaml"}}, "not found"),
+]
+
+
+@pytest.mark.parametrize(("name", "changes", "message"), BAD, ids=[b[0] for b in BAD])
+def test_bad_grids_are_one_line_errors(tmp_path, name, changes, message):
+    with pytest.raises(UsageError) as err:
+        expand(*load_grid(str(write_grid(tmp_path, **changes))))
+    text = str(err.value)
+    assert message in text and "\n" not in text
+
+
+def test_unknown_grid_name_lists_the_valid_ones():
+    with pytest.raises(UsageError, match="valid: .*smoke"):
+        load_grid("nope")
+
+
+def test_grid_file_that_is_not_yaml(tmp_path):
+    path = tmp_path / "g.yaml"
+    path.write_text("name: [1, 2")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_grid(str(path))
+
+
+def test_fingerprint_changes_with_the_grid(tmp_path):
+    a = expand(*load_grid(str(write_grid(tmp_path))))
+    b = expand(*load_grid(str(write_grid(tmp_path, ddgan={"losses": ["ns"], "T": [1], "lr": [1e-4]}))))
+    assert a.fingerprint() == expand(*load_grid(str(write_grid(tmp_path)))).fingerprint()
+    assert a.fingerprint() != b.fingerprint()
