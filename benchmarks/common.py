@@ -24,7 +24,11 @@ def machine() -> str:
 
 
 def command() -> str:
-    return "python " + " ".join(shlex.quote(a) for a in sys.argv)
+    """The command line as a user would type it (`python -m benchmarks.X ...`)."""
+    script = sys.argv[0]
+    if script.endswith(".py") and "benchmarks" in script:
+        script = "-m benchmarks." + os.path.basename(script)[:-3]
+    return "python " + " ".join([script, *(shlex.quote(a) for a in sys.argv[1:])])
 
 
 def header(title: str, device: str) -> str:
