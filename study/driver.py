@@ -286,6 +286,7 @@ def run_study(options: StudyOptions) -> str:
                       storage=prep.stores.ray_storage, resources=resources,
                       max_concurrent=prep.grid.max_concurrent, max_failures=prep.grid.max_failures,
                       resume=options.resume, verbose=options.verbose)
+            hooks.reconcile([s.key for s in specs])
     text, counts = summary.summarize(prep, hooks.book, time.perf_counter() - start)
     hooks.tracker.finish_parent(hooks.parent_run_id, counts)
     return text

@@ -113,6 +113,18 @@ def _check_server_uri(uri: str, what: str) -> None:
         raise UsageError(f"malformed {what} {mask_uri(uri)!r}: no host")
 
 
+def postgres_driver(url: str) -> str:
+    """`postgresql://` -> `postgresql+psycopg2://` when psycopg2 is installed and psycopg 3 is
+    not: SQLAlchemy 2.1 maps the bare scheme to psycopg 3, the `cluster` extra installs psycopg2."""
+    import importlib.util
+
+    if not url.lower().startswith("postgresql://") or importlib.util.find_spec("psycopg") is not None:
+        return url
+    if importlib.util.find_spec("psycopg2") is None:
+        return url  # preflight names the missing driver
+    return "postgresql+psycopg2://" + url.split("://", 1)[1]
+
+
 def normalize_mlflow_uri(uri: str) -> str:
     """Validate an MLflow tracking URI; make sqlite paths absolute."""
     scheme = _scheme(uri)
@@ -123,7 +135,7 @@ def normalize_mlflow_uri(uri: str) -> str:
     if scheme == "sqlite":
         return f"sqlite:///{_sqlite_path(uri, 'MLflow URI')}"
     _check_server_uri(uri, "MLflow URI")
-    return uri
+    return postgres_driver(uri)
 
 
 def normalize_optuna_url(url: str) -> str:
@@ -135,7 +147,7 @@ def normalize_optuna_url(url: str) -> str:
     if scheme in ("sqlite", "journal"):
         return f"{scheme}:///{_sqlite_path(url, 'Optuna storage')}"
     _check_server_uri(url, "Optuna storage")
-    return url
+    return postgres_driver(url)
 
 
 def normalize_storage_path(path: str) -> str:
@@ -179,16 +191,40 @@ def _check_writable_dir(path: Path, what: str) -> None:
         raise UsageError(f"{what} {str(path)!r} is not writable")
 
 
+def _http_request(uri: str, path: str) -> urllib.request.Request:
+    """GET `uri + path` with the credentials MLflow's client would send (URL user:password,
+    else $MLFLOW_TRACKING_USERNAME/PASSWORD or $MLFLOW_TRACKING_TOKEN); urllib itself cannot
+    parse a user:password in the URL."""
+    import base64
+    from urllib.parse import unquote
+
+    parts = urlsplit(uri)
+    headers = {}
+    user, password = parts.username, parts.password
+    if user is None and os.environ.get("MLFLOW_TRACKING_USERNAME"):
+        user, password = os.environ["MLFLOW_TRACKING_USERNAME"], os.environ.get("MLFLOW_TRACKING_PASSWORD", "")
+    elif user is not None:
+        user, password = unquote(user), unquote(password or "")
+    if user is not None:
+        headers["Authorization"] = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+    elif os.environ.get("MLFLOW_TRACKING_TOKEN"):
+        headers["Authorization"] = f"Bearer {os.environ['MLFLOW_TRACKING_TOKEN']}"
+    base = urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2])).rstrip("/")
+    return urllib.request.Request(base + path, headers=headers)
+
+
 def _probe_http(uri: str, what: str, timeout: float) -> None:
-    url = uri.rstrip("/") + "/health"
+    """One authenticated GET (`/health` is open even on servers with auth, so it would not
+    catch bad credentials): unreachable, refused credentials and non-MLflow servers fail here."""
+    request = _http_request(uri, "/api/2.0/mlflow/experiments/search?max_results=1")
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 (http(s) only)
+        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 (http(s) only)
             response.read(64)
     except urllib.error.HTTPError as err:
         if err.code in (401, 403):
             raise UsageError(f"{what} {mask_uri(uri)} refused the credentials (HTTP {err.code})") from None
-        if err.code != 404:  # servers without /health still answer
-            raise UsageError(f"{what} {mask_uri(uri)} answered HTTP {err.code}") from None
+        hint = " (not an MLflow tracking server?)" if err.code == 404 else ""
+        raise UsageError(f"{what} {mask_uri(uri)} answered HTTP {err.code}{hint}") from None
     except (TimeoutError, urllib.error.URLError, ConnectionError, OSError) as err:
         reason = getattr(err, "reason", err)
         raise UsageError(f"{what} {mask_uri(uri)} is unreachable ({reason})") from None
@@ -210,7 +246,9 @@ def _probe_database(url: str, what: str, timeout: float) -> None:
     except Exception as err:  # sqlalchemy wraps every driver error; keep one masked line
         first = str(getattr(err, "orig", err)).strip().splitlines()
         detail = first[0] if first else type(err).__name__
-        raise UsageError(f"{what} {mask_uri(url)} is unreachable ({mask_uri(detail)[:200]})") from None
+        refused = any(s in detail.lower() for s in ("authentication failed", "access denied"))
+        verdict = "refused the credentials" if refused else "is unreachable"
+        raise UsageError(f"{what} {mask_uri(url)} {verdict} ({mask_uri(detail)[:200]})") from None
 
 
 def preflight(stores: Stores, timeout: float = PROBE_TIMEOUT_S) -> None:

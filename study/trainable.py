@@ -31,7 +31,7 @@ from ddgan.callbacks import Callback, TrainInfo
 from ddgan.checkpoint import latest_checkpoint
 from ddgan.config import Config
 from ddgan.errors import CheckpointError, ConfigError, TrainingDiverged
-from study.tracking import TrialRun
+from study.tracking import TrialRun, with_retry
 
 FINISHED = ("completed", "pruned")
 
@@ -76,7 +76,7 @@ class StudyReporter(Callback):
 
     def on_train_start(self, info: TrainInfo) -> None:
         # Where each attempt started: 0, then the checkpoint step of every resume.
-        starts = self.run.client.get_run(self.run.run_id).data.tags.get("start_steps")
+        starts = with_retry(self.run.client.get_run, self.run.run_id).data.tags.get("start_steps")
         self.run.set_tags(start_steps=f"{starts},{info.start_step}" if starts else str(info.start_step))
         # A first result at once lets the driver stop a trial that it pruned before a restart.
         tune.report({"step": info.start_step, "total_steps": self.total_steps})
@@ -126,7 +126,7 @@ class StudyReporter(Callback):
             self.run.finish("completed", "FINISHED", final_step=step)
         elif isinstance(error, TrainingDiverged):
             self.run.finish("failed", "FAILED", failure_reason=str(error), diverged_step=error.step,
-                            failed_step=error.step)
+                            diverged_quantity=error.quantity, failed_step=error.step)
         elif status == "failed":
             reason = f"{type(error).__name__}: {error}".splitlines()[0][:500] if error else "failed"
             self.run.finish("failed", "FAILED", failure_reason=reason, failed_step=step)
@@ -162,7 +162,7 @@ def _restore_from_ray(work_dir: Path) -> Path | None:
 
 def _replay_finished(run: TrialRun, previous: dict[str, str], total: int) -> None:
     """The run already ended (driver restarted before Ray saved that): report its last values."""
-    latest = run.client.get_run(run.run_id).data.metrics
+    latest = with_retry(run.client.get_run, run.run_id).data.metrics
     tune.report({"step": int(previous.get("final_step", total)), "total_steps": total, **latest})
     status = previous["status"]
     run.finish(status, "FINISHED" if status == "completed" else "KILLED")
@@ -176,13 +176,17 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
     torch.set_num_threads(max(1, int(context.cpus_per_trial)))
     run = TrialRun(context.mlflow_uri, context.run_ids[key])
     tune_ctx = tune.get_context()
-    previous = run.open(ray_trial_id=tune_ctx.get_trial_id(), optuna_trial_number=context.optuna_numbers.get(key))
+    import ray
+
+    # ray_node_id: the node of the latest attempt (a retry after a lost node runs elsewhere).
+    previous = run.open(ray_trial_id=tune_ctx.get_trial_id(), optuna_trial_number=context.optuna_numbers.get(key),
+                        ray_node_id=ray.get_runtime_context().get_node_id())
     total = int(spec["total_steps"])
     if previous.get("status") in FINISHED:
         _replay_finished(run, previous, total)
         return
     if previous.get("diverged_step"):  # a deterministic failure: do not train into it again
-        err = TrainingDiverged(int(previous["diverged_step"]), previous.get("failure_reason", "loss"))
+        err = TrainingDiverged(int(previous["diverged_step"]), previous.get("diverged_quantity", "a loss"))
         run.finish("failed", "FAILED")
         raise err
     work_dir = Path(tune_ctx.get_trial_dir()) / "work"

@@ -20,7 +20,7 @@ from optuna.trial import TrialState
 from ray import tune
 
 from study.pruning import CellBook, OptunaPrunerScheduler, driver_for
-from study.tracking import Tracker
+from study.tracking import Tracker, with_retry
 from study.trainable import TrialContext, run_trial
 
 
@@ -50,6 +50,21 @@ class DriverHooks:
             value = frozen.intermediate_values.get(self.totals[key])
         self.book.finish(key, TrialState.COMPLETE, None if value is None else float(value))
         self.events.append((key, "completed"))
+
+    def reconcile(self, keys: list[str]) -> None:
+        """After a phase: give Optuna the final state MLflow holds for any trial it missed
+        (e.g. the driver died between Ray finishing a trial and the Optuna update)."""
+        for key in keys:
+            if self.book.frozen(key).state.is_finished():
+                continue
+            run = with_retry(self.tracker.client.get_run, self.run_ids[key])
+            status = run.data.tags.get("status")
+            if status == "completed":
+                self.book.finish(key, TrialState.COMPLETE, run.data.metrics.get(self.metric))
+            elif status == "pruned":
+                self.book.finish(key, TrialState.PRUNED, pruned_at_step=int(run.data.tags.get("pruned_at_step", 0)))
+            elif status == "failed":
+                self.book.finish(key, TrialState.FAIL, fail_reason=run.data.tags.get("failure_reason", "failed"))
 
     def on_skipped(self, key: str, reason: str) -> None:
         """A trial that cannot run (e.g. its source model was pruned): failed, never started."""
