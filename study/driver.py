@@ -44,6 +44,7 @@ class StudyOptions:
     results_dir: str = "results"
     cache_dir: str | None = None  # reference statistics; default $DDGAN_CACHE_DIR, else <results>/.cache
     verbose: int = 1
+    command: str | None = None  # the CLI line that started the study (recorded on the parent run)
 
 
 @dataclass
@@ -196,6 +197,15 @@ def git_commit() -> str:
         return "unknown"
 
 
+def study_command(options: StudyOptions) -> str:
+    """The command that started this study, passwords masked (recorded on the parent run)."""
+    from study.stores import mask_uri
+
+    if options.command is None:
+        return "study.driver.run_study (library call, no command line)"
+    return " ".join(mask_uri(part) if "://" in part else part for part in shlex.split(options.command))
+
+
 def rerun_command(spec: TrialSpec, prep: Prepared) -> str:
     """The command that reruns this one trial outside the study."""
     data = ["--data-dir", str(prep.data_dir)] if prep.data_dir else []
@@ -288,8 +298,18 @@ def run_study(options: StudyOptions) -> str:
                       resume=options.resume, verbose=options.verbose)
             hooks.reconcile([s.key for s in specs])
     text, counts = summary.summarize(prep, hooks.book, time.perf_counter() - start)
-    hooks.tracker.finish_parent(hooks.parent_run_id, counts)
+    hooks.tracker.finish_parent(hooks.parent_run_id, counts, {
+        "wall_minutes": f"{(time.perf_counter() - start) / 60:.1f}", "machine": machine_description()})
     return text
+
+
+def machine_description() -> str:
+    import platform
+
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return f"{platform.machine()} {os.cpu_count()} cores, {gpu}, torch {torch.__version__}"
 
 
 def _runnable_sample_trials(specs: list[TrialSpec], hooks) -> list[TrialSpec]:
@@ -323,7 +343,7 @@ def _bookkeeping(prep: Prepared):
     commit = git_commit()
     parent = tracker.parent_run(experiment, stores.study, {
         "grid": str(plan.path), "fingerprint": plan.fingerprint(), "metric": plan.grid.metric,
-        "mode": plan.grid.mode, "pruner": plan.grid.pruner.kind, "git_commit": commit,
+        "mode": plan.grid.mode, "pruner": plan.grid.pruner.kind, "git_commit": commit, "command": study_command(prep.options),
         "trials": len(plan.trials), "cells": len(plan.cells())})
     run_ids = tracker.trial_runs(experiment, parent, [
         (s.key, trial_tags(s, prep, commit, refs[s.key].number), plan.configs[s.key]) for s in plan.trials])

@@ -9,6 +9,7 @@ Bad input: one line on stderr, exit code 2, nothing started or written.
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from collections.abc import Sequence
 
@@ -46,7 +47,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         storage_path=args.storage_path, mlflow_uri=args.mlflow_uri, optuna_storage=args.optuna_storage,
         gpus_per_trial=args.gpus_per_trial, cpus_per_trial=args.cpus_per_trial,
         max_concurrent=args.max_concurrent, data_dir=args.data_dir, fid_weights=args.fid_weights,
-        results_dir=args.results_dir, cache_dir=args.cache_dir, verbose=0 if args.quiet else 1)
+        results_dir=args.results_dir, cache_dir=args.cache_dir, verbose=0 if args.quiet else 1,
+        command=" ".join(["python -m study.run", *map(shlex.quote, sys.argv[1:] if argv is None else argv)]))
     print(run_study(options))
     return 0
 

@@ -127,8 +127,9 @@ class Tracker:
     def tags(self, run_id: str) -> dict[str, str]:
         return dict(with_retry(self.client.get_run, run_id).data.tags)
 
-    def finish_parent(self, run_id: str, counts: dict[str, int]) -> None:
-        with_retry(self.client.log_batch, run_id, tags=_tags({f"trials_{k}": v for k, v in counts.items()}))
+    def finish_parent(self, run_id: str, counts: dict[str, int], extra: dict[str, Any] | None = None) -> None:
+        tags = {**{f"trials_{k}": v for k, v in counts.items()}, **(extra or {})}
+        with_retry(self.client.log_batch, run_id, tags=_tags(tags))
         with_retry(self.client.set_terminated, run_id, status="FINISHED")
 
 
