@@ -100,6 +100,9 @@ class Respaced(_Strict):
     T: StrictInt = Field(ge=1)
     steps: tuple[StepCount, ...] = Field(min_length=1)
     samplers: tuple[Literal["ancestral", "ddim"], ...] = Field(default=("ancestral", "ddim"), min_length=1)
+    # The respaced model's schedule: Ho et al.'s linear betas (1e-4..0.02 at T=1000) by default,
+    # or cosine (Nichol & Dhariwal); per-T models keep the base config's VP discretisation.
+    schedule: Literal["linear", "cosine", "vp"] = "linear"
     # How the source model is evaluated while it trains (sampling all T steps at every
     # evaluation would cost more than the training): by default DDIM with the smallest S.
     train_eval: tuple[str, ...] | None = None
@@ -341,6 +344,7 @@ class _Expander:
                     key = f"ddpm-T{T}-lr{lr:g}-s{seed}"
                     own = [f"diffusion.T={T}", f"train.lr_g={lr!r}", f"train.seed={seed}"]
                     if respaced and T == respaced.T:
+                        own.append(f"diffusion.schedule={respaced.schedule}")
                         own += list(respaced.train_eval if respaced.train_eval is not None
                                     else (f"eval.respaced_steps={min(respaced.steps)}", "eval.sampler=ddim"))
                     overrides = _with_budget(self.raw["ddpm"], self.common(axes.overrides) + own, budget, key)
