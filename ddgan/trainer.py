@@ -99,8 +99,8 @@ class _Loop:
         self.callbacks.on_checkpoint(self.step, path)
         return path
 
-    def restore(self, path: Path) -> None:
-        state = load_checkpoint(path, map_location=self.method.device)
+    def restore(self, path: Path, state: dict | None = None) -> None:
+        state = load_checkpoint(path, map_location=self.method.device) if state is None else state
         saved = Config.from_dict(state["config"]).to_dict()
         for section in ("method", "model", "diffusion", "objective"):
             if saved[section] != self.cfg.to_dict()[section]:
@@ -212,6 +212,9 @@ def train(
     device = pick_device(cfg.train.device)
     data_dir = data_dir if data_dir is not None else cfg.data.dir
     data_dir = Path(data_dir) if data_dir is not None else None
+    # A corrupt checkpoint is refused before the data, networks and evaluator are built.
+    resume_path = _resume_path(resume_from)
+    resume_state = load_checkpoint(resume_path, map_location=device) if resume_path is not None else None
     seed_everything(cfg.train.seed)
     method = build_method(cfg, device)
     if data is None:
@@ -220,13 +223,8 @@ def train(
         evaluator = default_evaluator(cfg, device, data_dir)
     cbs = CallbackList(list(callbacks))
     loop = _Loop(cfg, out_dir, method, iter(data) if not hasattr(data, "__next__") else data, cbs, evaluator)
-    if resume_from is not None:
-        path = Path(resume_from)
-        found = latest_checkpoint(path / "checkpoints") if path.is_dir() else path
-        if path.is_dir() and found is None:
-            found = latest_checkpoint(path)
-        if found is not None:
-            loop.restore(found)
+    if resume_path is not None:
+        loop.restore(resume_path, resume_state)
     save_config(cfg, out_dir / "config.yaml")
     counts = {name: count_parameters(net) for name, net in method.networks.items()}
     cbs.on_train_start(TrainInfo(cfg.to_dict(), out_dir, str(device), loop.step, cfg.train.steps, counts))
@@ -240,6 +238,16 @@ def train(
         raise
     cbs.on_train_end(loop.step, status)
     return TrainResult(loop.step, status, dict(loop.last_metrics), loop.last_checkpoint)
+
+
+def _resume_path(resume_from: str | Path | None) -> Path | None:
+    """A checkpoint file, or a run directory's latest checkpoint (None: nothing to resume)."""
+    if resume_from is None:
+        return None
+    path = Path(resume_from)
+    if not path.is_dir():
+        return path
+    return latest_checkpoint(path / "checkpoints") or latest_checkpoint(path)
 
 
 def _check_writable(out_dir: Path) -> None:

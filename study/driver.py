@@ -96,6 +96,12 @@ def _final_metrics(grid: Grid, fid_weights: str | None, notes: list[str]) -> Gri
     if not inception or _inception_available(fid_weights):
         return grid
     if fid_weights:
+        from ddgan.metrics.inception import resolve_weights
+
+        try:  # again, for the precise reason (missing, not TorchScript, not Inception)
+            resolve_weights(fid_weights, "cpu", allow_download=False)
+        except UsageError as err:
+            raise UsageError(f"--fid-weights: {err}") from None
         raise UsageError(f"--fid-weights {fid_weights!r}: not a usable TorchScript Inception file")
     notes.append(f"no Inception weights found: final metrics {', '.join(inception)} skipped (pass --fid-weights)")
     kept = tuple(m for m in wanted if m not in inception)
@@ -149,6 +155,30 @@ def _check_resume(stores: Stores, plan: Plan, resume: bool) -> None:
         if saved.get("fingerprint") != plan.fingerprint():
             raise UsageError(f"--resume: the grid changed since study {stores.study!r} started "
                              "(trials or their configs differ); use --study NAME to start a new study")
+        _check_resume_checkpoints(stores)
+
+
+def _check_resume_checkpoints(stores: Stores) -> None:
+    """--resume: the newest Ray checkpoint of every trial must open (`weights_only`, memory-mapped,
+    so cheap: a truncated or garbage file is refused here instead of failing its trial on every retry)."""
+    if "://" in stores.ray_storage:
+        return  # remote storage: the trial checks it when it restores
+    import torch
+
+    from ddgan.errors import CheckpointError
+
+    for trial_dir in sorted(p for p in Path(stores.ray_storage).glob("*/*") if p.is_dir()):
+        saved = sorted(trial_dir.glob("checkpoint_*"))
+        files = sorted(saved[-1].glob("ckpt_*.pt")) if saved else []
+        if saved and not files:
+            raise CheckpointError(f"--resume: Ray checkpoint {str(saved[-1])!r} holds no ckpt_*.pt file")
+        if not files:
+            continue
+        try:
+            torch.load(files[-1], map_location="cpu", weights_only=True, mmap=True)
+        except Exception as err:  # truncated zip, garbage bytes, disallowed pickle globals
+            raise CheckpointError(f"--resume: checkpoint {str(files[-1])!r} is unreadable or corrupt "
+                                  f"({type(err).__name__}); restore it or start a new study with --study NAME") from None
 
 
 def _check_gpus(grid: Grid, options: StudyOptions) -> None:

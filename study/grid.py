@@ -277,9 +277,17 @@ def _eval_overrides(plan: EvalPlan) -> list[str]:
 
 def _resolve(base: dict[str, Any], overrides: list[str], where: str) -> Config:
     try:
-        return resolve_config(base, overrides)
+        cfg = resolve_config(base, overrides)
     except ConfigError as err:
         raise ConfigError(f"trial {where}: {err}") from None
+    from ddgan.schedule import build_schedule
+
+    d = cfg.diffusion
+    try:  # e.g. linear betas >= 1 at small T: refused now, not when the trial builds it
+        build_schedule(d.schedule, d.T, beta_min=d.beta_min, beta_max=d.beta_max)
+    except ValueError as err:
+        raise ConfigError(f"trial {where}: diffusion: {err}") from None
+    return cfg
 
 
 def _with_budget(base: dict[str, Any], overrides: list[str], budget: Budget, where: str) -> list[str]:

@@ -28,7 +28,7 @@ import torch
 from ddgan.export import load_export, sha256_file
 from study.report_data import using_mlflow
 from study.sampler_module import NoiseToImages
-from study.tracking import with_retry
+from study.tracking import quiet_run_urls, with_retry
 
 CHAMPION = "champion"
 MAX_UNROLLED_STEPS = 100  # beyond this a registered DDPM samples with DDIM at this many steps
@@ -96,6 +96,7 @@ def register_export(uri: str, experiment_id: str, export_dir: Path, name: str, t
     """Log the export's sampler and register it under `name` (or reuse an identical version)."""
     from mlflow.tracking import MlflowClient
 
+    quiet_run_urls(uri)
     client = MlflowClient(tracking_uri=uri)
     sha = sha256_file(export_dir / "model.safetensors")
     module, sampling = build_sampler(export_dir)

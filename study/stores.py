@@ -70,22 +70,15 @@ class Stores:
         }
 
 
+# user:password@ after a scheme, anywhere in the text (`--flag=URI`, an error message). Greedy to
+# the last '@': an unencoded '/' or '@' in a password (SQLAlchemy accepts both) is masked too.
+_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]*):(\S*)@")
+_SECRET_QUERY = re.compile(r"(?i)(password|passwd|pwd|token|secret)=[^&\s]*")
+
+
 def mask_uri(uri: str) -> str:
     """`postgresql://user:secret@host/db` -> `postgresql://user:***@host/db` (also `password=` in queries)."""
-    try:
-        parts = urlsplit(uri)
-    except ValueError:
-        return re.sub(r":[^:@/]*@", ":***@", uri)
-    secret_query = re.search(r"(?i)(password|passwd|pwd|token|secret)=", parts.query)
-    if parts.password is None and not secret_query:
-        return uri
-    netloc = parts.netloc
-    if parts.password is not None:
-        user, _, host = netloc.rpartition("@")
-        name = user.split(":", 1)[0]
-        netloc = f"{name}:***@{host}"
-    query = re.sub(r"(?i)(password|passwd|pwd|token|secret)=[^&]*", r"\1=***", parts.query)
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    return _SECRET_QUERY.sub(r"\1=***", _USERINFO.sub(r"\1:***@", uri))
 
 
 def _scheme(uri: str) -> str:
@@ -107,8 +100,9 @@ def _check_server_uri(uri: str, what: str) -> None:
     try:
         parts = urlsplit(uri)
         parts.port  # noqa: B018 (raises ValueError on a bad port)
-    except ValueError as err:
-        raise UsageError(f"malformed {what} {mask_uri(uri)!r}: {err}") from None
+    except ValueError:  # not the parser's message: it may quote part of a password
+        raise UsageError(f"malformed {what} {mask_uri(uri)!r}: bad host or port (percent-encode '/', '@' "
+                         "and ':' in a password, e.g. %2F)") from None
     if not parts.hostname:
         raise UsageError(f"malformed {what} {mask_uri(uri)!r}: no host")
 

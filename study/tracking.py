@@ -60,11 +60,23 @@ def _params(config: dict[str, Any]) -> list[Param]:
     return [Param(k, str(v)[:MAX_PARAM_CHARS]) for k, v in sorted(flatten(config).items())]
 
 
+def quiet_run_urls(uri: str) -> None:
+    """MLflow prints "View run ... at: <tracking URI>" when a run ends, password included:
+    turn that off for a URI with credentials (the study prints its own, masked)."""
+    import os
+
+    from study.stores import mask_uri
+
+    if mask_uri(uri) != uri:
+        os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
+
+
 class Tracker:
     """Driver-side MLflow access: experiment, parent run, trial runs, final statuses."""
 
     def __init__(self, uri: str, artifact_root: str | None = None):
         self.uri, self.artifact_root = uri, artifact_root
+        quiet_run_urls(uri)
         self.client = MlflowClient(tracking_uri=uri)
 
     def experiment(self, study: str) -> str:
@@ -137,6 +149,7 @@ class TrialRun:
     """Trial-side MLflow access to the trial's own run (reopened by id on every attempt)."""
 
     def __init__(self, uri: str, run_id: str):
+        quiet_run_urls(uri)
         self.client = MlflowClient(tracking_uri=uri)
         self.run_id = run_id
         self.logged: dict[str, set[int]] = {}

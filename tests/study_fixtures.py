@@ -35,6 +35,7 @@ ddpm:
     T: 2
     steps: [1]
     samplers: [ddim]
+    schedule: vp  # the default linear betas are >= 1 at T=2
 budget:
   steps: 20
 eval:

@@ -189,3 +189,9 @@ def test_driver_killed_then_resumed(ray_session, tmp_path, fmnist_dir, reference
     for key in partial_before:
         starts = [int(s) for s in runs[key][0].data.tags["start_steps"].split(",")]
         assert len(starts) == 2 and starts[-1] >= 20, f"{key} did not continue from its checkpoint: {starts}"
+    # Ray's own record agrees with Optuna and MLflow, and no step is missing (tests/test_faults.py).
+    from test_faults import assert_consistent, assert_history_without_gaps, ray_trials
+
+    assert_consistent(runs, trials, ray_trials(results / "test_resume" / "ray"), keys)
+    for key in keys:
+        assert_history_without_gaps(client, runs[key][0], every=20, log_every=10, last=80)

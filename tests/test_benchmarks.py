@@ -1,0 +1,131 @@
+"""Smoke tests of the benchmark scripts at tiny sizes: each writes its Markdown table(s) with the
+command, machine and device, the expected columns and finite numbers. No timing is asserted.
+
+`benchmarks/gpu_check.sh OUT --dry` (its CPU path, as CI runs it) drives sample_speed,
+train_throughput, packing and eval_cost once; study_overhead runs on its own. Both join the
+session's Ray cluster, so Ray starts once for the whole test run.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[1]
+
+
+def bench_env(fmnist_dir: Path, cache: Path, ray_address: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "DDGAN_FID_WEIGHTS"}
+    return {**env, "DDGAN_DATA_DIR": str(fmnist_dir), "DDGAN_CACHE_DIR": str(cache), "RAY_ADDRESS": ray_address,
+            "OMP_NUM_THREADS": "1", "PYTHON": sys.executable, "PYTHONUNBUFFERED": "1"}
+
+
+@pytest.fixture(scope="module")
+def dry_run(tmp_path_factory, fmnist_dir, ray_session) -> tuple[Path, subprocess.CompletedProcess]:
+    out = tmp_path_factory.mktemp("gpu-check")
+    env = bench_env(fmnist_dir, tmp_path_factory.mktemp("cache"), ray_session)
+    proc = subprocess.run(["bash", "benchmarks/gpu_check.sh", str(out), "--dry"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=600)
+    return out, proc
+
+
+def tables(text: str) -> list[tuple[list[str], list[dict[str, str]]]]:
+    """Every Markdown table in `text`: (columns, rows as {column: cell})."""
+    found, block = [], []
+    for line in [*text.splitlines(), ""]:
+        if line.startswith("|"):
+            block.append([cell.strip() for cell in line.strip().strip("|").split("|")])
+        elif block:
+            columns, rows = block[0], block[2:]
+            found.append((columns, [dict(zip(columns, row, strict=True)) for row in rows]))
+            block = []
+    return found
+
+
+def number(cell: str) -> float:
+    return float(cell.replace(",", ""))
+
+
+def check_table(text: str, index: int, columns: list[str], numeric: list[str]) -> list[dict[str, str]]:
+    """The header lines are there; table `index` has exactly `columns`; `numeric` cells are finite."""
+    for field in ("- command: `python -m benchmarks.", "- machine: ", "- device: "):
+        assert field in text, f"missing {field!r} in:\n{text}"
+    found = tables(text)
+    assert len(found) > index, text
+    got, rows = found[index]
+    assert got == columns, text
+    assert rows, text
+    for row in rows:
+        for column in numeric:
+            assert math.isfinite(number(row[column])), f"{column}={row[column]!r} in:\n{text}"
+    return rows
+
+
+def test_gpu_check_dry_path_runs_every_step(dry_run):
+    out, proc = dry_run
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert not (out / "failures.txt").exists(), (out / "failures.txt").read_text()
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["eval_cost.md", "log.txt", "machine.txt", "packing.md", "sample_speed.md",
+                     "train_throughput.md"]  # the device tool brings back 8 files at most
+    assert "short DDGAN training" in (out / "log.txt").read_text()
+
+
+def test_sample_speed_table(dry_run):
+    rows = check_table((dry_run[0] / "sample_speed.md").read_text(), 0,
+                       ["model", "sampler", "T", "NFE", "ms/image", "images/s", "speed-up vs DDPM T=10"],
+                       ["T", "NFE", "ms/image", "images/s", "speed-up vs DDPM T=10"])
+    assert [(r["model"], r["sampler"], r["T"]) for r in rows] == [
+        ("DDGAN", "posterior", "1"), ("DDGAN", "posterior", "2"), ("DDPM", "ancestral", "10"), ("DDPM", "ddim", "10")]
+    assert number(rows[2]["speed-up vs DDPM T=10"]) == 1.0
+
+
+def test_train_throughput_table(dry_run):
+    rows = check_table((dry_run[0] / "train_throughput.md").read_text(), 0,
+                       ["preset", "method", "T", "batch", "reference img/s", "trainer img/s", "ratio"],
+                       ["reference img/s", "trainer img/s", "ratio"])
+    assert {r["method"] for r in rows} == {"ddgan", "ddpm"}
+
+
+def test_packing_table(dry_run):
+    rows = check_table((dry_run[0] / "packing.md").read_text(), 0,
+                       ["concurrent trials", "per trial", "trials", "steps per trial", "wall s", "trials/hour",
+                        "images/s", "vs 1"],
+                       ["concurrent trials", "trials", "wall s", "trials/hour", "images/s", "vs 1"])
+    assert [(r["concurrent trials"], r["trials"]) for r in rows] == [("1", "1"), ("2", "2")]
+    assert number(rows[0]["vs 1"]) == 1.0
+
+
+def test_eval_cost_tables(dry_run):
+    text = (dry_run[0] / "eval_cost.md").read_text()
+    features = check_table(text, 0, ["extractor", "feature dim", "batch", "images", "load s", "seconds",
+                                     "features/s", "ms/image"],
+                           ["feature dim", "images", "load s", "seconds", "features/s", "ms/image"])
+    assert {r["extractor"]: r["feature dim"] for r in features} == {"fmnist": "128", "inception": "2048"}
+    (evaluation,) = check_table(text, 1, ["evaluation", "metrics", "samples", "reference images", "no cache: total s",
+                                          "of which references s", "cached: total s", "evaluation call s",
+                                          "no cache / cached"],
+                                ["samples", "no cache: total s", "of which references s", "cached: total s",
+                                 "evaluation call s", "no cache / cached"])
+    assert evaluation["metrics"] == "eval/fd_fmnist_64"
+
+
+def test_study_overhead_table(tmp_path, fmnist_dir, ray_session):
+    env = bench_env(fmnist_dir, tmp_path / "cache", ray_session)
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.study_overhead", "--tiny", "--address", ray_session,
+                           "--out", str(tmp_path)], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    text = (tmp_path / "study_overhead.md").read_text()
+    rows = check_table(text, 0, ["leg", "steps", "evaluations", "seconds", "overhead s", "overhead % of trial"],
+                       ["seconds"])
+    assert len(rows) == 6
+    for row in rows[1:3]:  # the study legs, against the bare one
+        assert row["steps"] == "20" and row["evaluations"] == "2"
+        assert math.isfinite(number(row["overhead s"])) and math.isfinite(number(row["overhead % of trial"]))
+    assert "python -m ddgan.train --config" in text  # the bare leg as a command
