@@ -14,7 +14,6 @@ study, Ray or MLflow: `python -m ddgan.sample --checkpoint EXPORT_DIR` works alo
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -27,18 +26,11 @@ from torch import nn
 from ddgan.checkpoint import load_checkpoint
 from ddgan.config import Config, save_config
 from ddgan.errors import CheckpointError
+from ddgan.metrics.digest import sha256_file
 from ddgan.nets import build_networks
 
 EXPORT_FORMAT = 1
 MANIFEST = "manifest.json"
-
-
-def sha256_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def sampling_network_name(cfg: Config) -> str:
