@@ -61,3 +61,62 @@ def timed(fn: Callable[[], object], device: torch.device, repeats: int = 3, warm
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
     return sorted(times)[len(times) // 2]
+
+
+class GpuUtilization:
+    """Mean GPU utilisation (%) between `start()` and `stop()` (or over a `with` block): `.mean`.
+
+    Sampled every `interval` s from NVML through `torch.cuda.utilization` (needs nvidia-ml-py),
+    else from `nvidia-smi`. NaN on the CPU or when neither is available.
+    """
+
+    def __init__(self, device: torch.device, interval: float = 0.1):
+        self.device, self.interval = torch.device(device), interval
+        self.samples: list[float] = []
+        self._stop = None
+
+    def _read(self) -> float | None:
+        try:
+            return float(torch.cuda.utilization(self.device))
+        except Exception:
+            pass
+        import subprocess
+
+        index = self.device.index if self.device.index is not None else torch.cuda.current_device()
+        try:
+            out = subprocess.run(["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits",
+                                  "-i", str(index)], capture_output=True, text=True, timeout=5, check=True).stdout
+            return float(out.strip().splitlines()[0])
+        except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+            return None
+
+    def _poll(self) -> None:
+        while not self._stop.wait(self.interval):
+            value = self._read()
+            if value is None:
+                return
+            self.samples.append(value)
+
+    def start(self) -> None:
+        if self.device.type == "cuda" and self._stop is None:
+            import threading
+
+            self._stop = threading.Event()
+            self._thread = threading.Thread(target=self._poll, daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        if self._stop is not None and not self._stop.is_set():
+            self._stop.set()
+            self._thread.join()
+
+    def __enter__(self) -> GpuUtilization:
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    @property
+    def mean(self) -> float:
+        return sum(self.samples) / len(self.samples) if self.samples else float("nan")

@@ -12,13 +12,14 @@ foreach EMA (and bf16/channels_last/compile on CUDA).
 from __future__ import annotations
 
 import argparse
+import tempfile
 import time
 from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from benchmarks.common import header, markdown_table
+from benchmarks.common import GpuUtilization, header, markdown_table
 from ddgan.config import resolve_config
 from ddgan.data import load_fashion_mnist, resolve_data_dir, to_model_range
 from ddgan.losses import get_objective, r1_penalty
@@ -38,8 +39,8 @@ class PerSampleDataset(Dataset):
         return self.images[i].float().div(127.5).sub(1.0).unsqueeze(0)  # (1, 28, 28)
 
 
-def reference_loop(cfg, images_uint8, steps: int, device: torch.device) -> float:
-    """Plain loop over the same networks and math; returns images/s."""
+def reference_loop(cfg, images_uint8, steps: int, device: torch.device, util: GpuUtilization | None = None) -> float:
+    """Plain loop over the same networks and math; returns images/s (GPU utilisation into `util`)."""
     torch.manual_seed(0)
     nets = {k: v.to(device) for k, v in build_networks(cfg.model, cfg.method).items()}
     ema = {k: [p.detach().clone() for p in v.parameters()] for k, v in nets.items() if k != "discriminator"}
@@ -49,8 +50,10 @@ def reference_loop(cfg, images_uint8, steps: int, device: torch.device) -> float
     loader = DataLoader(PerSampleDataset(images_uint8), batch_size=cfg.train.batch_size, shuffle=True, drop_last=True)
     it, done, start = iter(loader), 0, None
     while done < steps + 2:
-        if done == 2:
+        if done == 2 and start is None:
             start = time.perf_counter()  # two warm-up steps
+            if util is not None:
+                util.start()
         try:
             x0 = next(it).to(device)
         except StopIteration:
@@ -91,28 +94,63 @@ def reference_loop(cfg, images_uint8, steps: int, device: torch.device) -> float
                 for s, p in zip(shadow, nets[name].parameters(), strict=True):
                     s.mul_(cfg.train.ema_decay).add_(p.detach(), alpha=1 - cfg.train.ema_decay)
         done += 1
-    return steps * cfg.train.batch_size / (time.perf_counter() - start)
+    seconds = time.perf_counter() - start
+    if util is not None:
+        util.stop()
+    return steps * cfg.train.batch_size / seconds
 
 
-def trainer_loop(cfg, images_uint8, steps: int, device: torch.device, out: Path) -> float:
-    """The project's trainer on the same data; img/s over steps after two warm-up steps."""
-    data = to_model_range(images_uint8).to(device)
+class _TimedBatches:
+    """The trainer's batch iterator, timed: the clock starts when step `warmup + 1` asks for its batch
+    (after a device sync), so warm-up steps (and compilation) are left out without a sync per step."""
+
+    def __init__(self, batches, warmup: int, device: torch.device, util: GpuUtilization | None = None):
+        self.batches, self.warmup, self.device, self.util = batches, warmup, device, util
+        self.calls, self.start = 0, None
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        self.calls += 1
+        if self.calls == self.warmup + 1:
+            _sync(self.device)
+            self.start = time.perf_counter()
+            if self.util is not None:
+                self.util.start()
+        return next(self.batches)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def trainer_loop(cfg, images_uint8, steps: int, device: torch.device, out: Path, warmup: int = 2,
+                 util: GpuUtilization | None = None) -> float:
+    """The project's trainer on the same data; img/s over `steps` steps after `warmup` steps.
+
+    One log at the last step (its flush is the only host-device sync, as with the default
+    `log_every`); the clock stops there, before the trainer's final evaluation and checkpoint.
+    """
+    from ddgan.callbacks import Callback
     from ddgan.data import RandomBatches
 
-    marks: dict[int, float] = {}
+    total = warmup + steps
+    batches = _TimedBatches(RandomBatches(to_model_range(images_uint8).to(device), cfg.train.batch_size, seed=0),
+                            warmup, device, util)
+    end: dict[str, float] = {}
 
-    class Clock:
-        def on_train_start(self, info): ...
+    class StopClock(Callback):
         def on_train_step(self, step, metrics):
-            marks[step] = time.perf_counter()
-        def on_eval(self, *a): ...
-        def on_checkpoint(self, *a): ...
-        def on_train_end(self, *a, **k): ...
+            if step == total:
+                end["t"] = time.perf_counter()  # after the flush's device-to-host copy
+                if util is not None:
+                    util.stop()
 
-    cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"steps": steps + 2, "log_every": 1})})
-    train(cfg, out, data=RandomBatches(data, cfg.train.batch_size, seed=0), callbacks=[Clock()],
-          evaluator=lambda *a, **k: ({}, {}))
-    return steps * cfg.train.batch_size / (marks[steps + 2] - marks[2])
+    cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"steps": total, "log_every": total})})
+    train(cfg, out, data=batches, callbacks=[StopClock()], evaluator=lambda *a, **k: ({}, {}))
+    return steps * cfg.train.batch_size / (end["t"] - batches.start)
 
 
 def main() -> None:
@@ -125,27 +163,33 @@ def main() -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--compile", action="store_true", help="torch.compile in the trainer")
     p.add_argument("--data-dir", default=None)
-    p.add_argument("--out", type=Path, default=Path("/tmp/ddgan-bench"))
+    p.add_argument("--out", type=Path, default=None, help="directory for train_throughput.md")
     args = p.parse_args()
     device = torch.device(args.device)
     images, _ = load_fashion_mnist(resolve_data_dir(args.data_dir), "train")
     rows = []
-    for preset in args.presets:
-        for method in args.methods:
-            T = args.T if method == "ddgan" else 1000
-            cfg = resolve_config({"method": method, "model": {"preset": preset}, "diffusion": {"T": T},
-                                  "train": {"batch_size": args.batch, "device": args.device, "compile": args.compile},
-                                  "eval": {"every": 10**9}},
-                                 ["diffusion.schedule=linear"] if method == "ddpm" else [])
-            ref = reference_loop(cfg, images, args.steps, device)
-            ours = trainer_loop(cfg, images, args.steps, device, args.out / f"{preset}-{method}")
-            rows.append({"preset": preset, "method": method, "T": T, "batch": args.batch,
-                         "reference img/s": ref, "trainer img/s": ours, "ratio": ours / ref})
-    text = header("Trainer throughput", str(device)) + "\n" + markdown_table(
-        rows, ["preset", "method", "T", "batch", "reference img/s", "trainer img/s", "ratio"])
+    with tempfile.TemporaryDirectory(prefix="ddgan-throughput-") as runs:  # trainer checkpoints: thrown away
+        for preset in args.presets:
+            for method in args.methods:
+                T = args.T if method == "ddgan" else 1000
+                cfg = resolve_config({"method": method, "model": {"preset": preset}, "diffusion": {"T": T},
+                                      "train": {"batch_size": args.batch, "device": args.device, "compile": args.compile},
+                                      "eval": {"every": 10**9}},
+                                     ["diffusion.schedule=linear"] if method == "ddpm" else [])
+                ref_util, our_util = GpuUtilization(device), GpuUtilization(device)  # timed steps only
+                ref = reference_loop(cfg, images, args.steps, device, ref_util)
+                ours = trainer_loop(cfg, images, args.steps, device, Path(runs) / f"{preset}-{method}", util=our_util)
+                rows.append({"preset": preset, "method": method, "T": T, "batch": args.batch,
+                             "reference img/s": ref, "trainer img/s": ours, "ratio": ours / ref,
+                             "reference GPU util %": ref_util.mean, "trainer GPU util %": our_util.mean})
+    columns = ["preset", "method", "T", "batch", "reference img/s", "trainer img/s", "ratio"]
+    if device.type == "cuda":
+        columns += ["reference GPU util %", "trainer GPU util %"]
+    text = header("Trainer throughput", str(device)) + "\n" + markdown_table(rows, columns)
     print(text)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "train_throughput.md").write_text(text + "\n")
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "train_throughput.md").write_text(text + "\n")
 
 
 if __name__ == "__main__":

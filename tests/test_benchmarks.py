@@ -3,7 +3,8 @@ command, machine and device, the expected columns and finite numbers. No timing 
 
 `benchmarks/gpu_check.sh OUT --dry` (its CPU path, as CI runs it) drives sample_speed,
 train_throughput, packing and eval_cost once; study_overhead runs on its own. Both join the
-session's Ray cluster, so Ray starts once for the whole test run.
+session's Ray cluster, so Ray starts once for the whole test run. Inception is a TorchScript
+stand-in in fid-helper's layout (CI installs no Inception weights and has no network).
 """
 
 from __future__ import annotations
@@ -12,24 +13,37 @@ import math
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
+import torch
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
 
 
-def bench_env(fmnist_dir: Path, cache: Path, ray_address: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "DDGAN_FID_WEIGHTS"}
-    return {**env, "DDGAN_DATA_DIR": str(fmnist_dir), "DDGAN_CACHE_DIR": str(cache), "RAY_ADDRESS": ray_address,
-            "OMP_NUM_THREADS": "1", "PYTHON": sys.executable, "PYTHONUNBUFFERED": "1"}
+class InceptionStandIn(torch.nn.Module):
+    """fid-helper's `default_1.pt` interface: (N, 3, 299, 299) in (v - 128) / 128 -> (N, 2048)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=(2, 3)).repeat(1, 683)[:, :2048]
+
+
+def bench_env(work: Path, fmnist_dir: Path, ray_address: str) -> dict[str, str]:
+    weights = work / "inception-stand-in.pt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit is "deprecated"; the weights format is TorchScript
+        torch.jit.save(torch.jit.script(InceptionStandIn()), str(weights))
+    return {**os.environ, "DDGAN_DATA_DIR": str(fmnist_dir), "DDGAN_CACHE_DIR": str(work / "cache"),
+            "DDGAN_FID_WEIGHTS": str(weights), "RAY_ADDRESS": ray_address, "OMP_NUM_THREADS": "1",
+            "PYTHON": sys.executable, "PYTHONUNBUFFERED": "1"}
 
 
 @pytest.fixture(scope="module")
 def dry_run(tmp_path_factory, fmnist_dir, ray_session) -> tuple[Path, subprocess.CompletedProcess]:
     out = tmp_path_factory.mktemp("gpu-check")
-    env = bench_env(fmnist_dir, tmp_path_factory.mktemp("cache"), ray_session)
+    env = bench_env(tmp_path_factory.mktemp("env"), fmnist_dir, ray_session)
     proc = subprocess.run(["bash", "benchmarks/gpu_check.sh", str(out), "--dry"], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=600)
     return out, proc
@@ -117,11 +131,11 @@ def test_eval_cost_tables(dry_run):
 
 
 def test_study_overhead_table(tmp_path, fmnist_dir, ray_session):
-    env = bench_env(fmnist_dir, tmp_path / "cache", ray_session)
+    env = bench_env(tmp_path, fmnist_dir, ray_session)
     proc = subprocess.run([sys.executable, "-m", "benchmarks.study_overhead", "--tiny", "--address", ray_session,
-                           "--out", str(tmp_path)], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+                           "--out", str(tmp_path / "out")], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-    text = (tmp_path / "study_overhead.md").read_text()
+    text = (tmp_path / "out" / "study_overhead.md").read_text()
     rows = check_table(text, 0, ["leg", "steps", "evaluations", "seconds", "overhead s", "overhead % of trial"],
                        ["seconds"])
     assert len(rows) == 6
