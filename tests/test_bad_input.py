@@ -83,7 +83,7 @@ class Env:
         folder.mkdir()
         for path in self.data.iterdir():
             if path.name.endswith("-ubyte.gz"):
-                (folder / path.name).symlink_to(path)
+                (folder / path.name).symlink_to(path.resolve())  # DDGAN_DATA_DIR may be relative
         if broken == "counts":  # 59,999 labels for 60,000 images
             (folder / "train-labels-idx1-ubyte.gz").unlink()
             labels = np.zeros(59_999, np.uint8)
