@@ -19,6 +19,7 @@ import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
+from test_faults import mlflow_runs
 
 from study.driver import StudyOptions, run_study
 from study.grid import load_plan
@@ -33,12 +34,8 @@ def study_options(tmp_path, grid, fmnist_dir, reference_cache, **changes) -> Stu
 
 
 def trial_runs(results: Path, study: str) -> dict[str, list]:
-    client = MlflowClient(f"sqlite:///{results}/mlflow.db")
-    experiment = client.get_experiment_by_name(study)
-    runs: dict[str, list] = {}
-    for run in client.search_runs([experiment.experiment_id], "tags.role = 'trial'", max_results=1000):
-        runs.setdefault(run.data.tags["trial_key"], []).append(run)
-    return runs
+    """trial key -> its MLflow runs in the embedded store under `results`."""
+    return mlflow_runs(f"sqlite:///{results}/mlflow.db", study)
 
 
 def optuna_trials(results: Path, study: str) -> dict[str, optuna.trial.FrozenTrial]:
