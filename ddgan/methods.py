@@ -57,9 +57,10 @@ class Method:
         }
         self.rng = torch.Generator(device=device).manual_seed(cfg.train.seed + 1)
 
-    def _compile(self) -> dict[str, nn.Module]:
+    def _compile(self, skip: tuple[str, ...] = ()) -> dict[str, nn.Module]:
+        """`torch.compile` every network but those in `skip` (when `train.compile` is on)."""
         if self.cfg.train.compile:
-            return {name: torch.compile(net) for name, net in self.networks.items()}
+            return {name: net if name in skip else torch.compile(net) for name, net in self.networks.items()}
         return dict(self.networks)
 
     def autocast(self):
@@ -125,7 +126,10 @@ class DDGANMethod(Method):
         }
         self.lr_schedulers = {k: _lr_scheduler(v, cfg) for k, v in self.optimizers.items()}
         self.ema = {"generator": EMA(self.networks["generator"], cfg.train.ema_decay)}
-        compiled = self._compile()
+        # R1 and WGAN-GP differentiate D's input gradient (double backward), which
+        # torch.compile's AOT autograd does not support: D then stays eager.
+        penalty = obj.loss == "wgan-gp" or obj.r1_gamma > 0
+        compiled = self._compile(skip=("discriminator",) if penalty else ())
         self.generator, self.discriminator = compiled["generator"], compiled["discriminator"]
 
     def _fake_prev(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

@@ -197,3 +197,14 @@ def test_tiny_ddpm_lowers_its_loss(tmp_path, fmnist_dir):
     train(cfg, tmp_path, data=Batches(data, 32), callbacks=[rec], evaluator=null_evaluator)
     losses = [m["train/loss"] for _, m in rec.steps]
     assert losses[-1] < 0.7 * losses[0], losses
+
+
+@pytest.mark.parametrize(("loss", "r1_gamma", "d_compiled"), [("ns", 0.02, False), ("wgan-gp", 0.0, False), ("ns", 0.0, True)])
+def test_compile_leaves_discriminator_eager_when_a_penalty_needs_double_backward(loss, r1_gamma, d_compiled):
+    """AOT autograd cannot differentiate a gradient penalty twice: D stays eager then, G is always compiled."""
+    from ddgan.methods import DDGANMethod
+
+    cfg = tiny(**{"train.compile": "true", "objective.loss": loss, "objective.r1_gamma": str(r1_gamma)})
+    method = DDGANMethod(cfg, torch.device("cpu"))  # torch.compile wraps lazily: nothing is compiled here
+    assert isinstance(method.generator, torch._dynamo.eval_frame.OptimizedModule)
+    assert isinstance(method.discriminator, torch._dynamo.eval_frame.OptimizedModule) is d_compiled
