@@ -101,6 +101,7 @@ class TrainConfig(_Section):
     beta2: float = Field(default=0.9, ge=0, lt=1)
     cosine_decay: bool = False
     ema_decay: float = Field(default=0.999, ge=0, lt=1)
+    ema_warmup: bool = True  # decay min(ema_decay, (1 + step) / (10 + step)), see ddgan.ema
     grad_clip: float | None = Field(default=None, gt=0)
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N

@@ -74,11 +74,11 @@ class Method:
     def randint_t(self, n: int) -> torch.Tensor:
         return torch.randint(1, self.schedule.T + 1, (n,), generator=self.rng, device=self.device)
 
-    def _finish_step(self) -> None:
+    def _finish_step(self, step: int) -> None:
         for sched in self.lr_schedulers.values():
             sched.step()
         for name, ema in self.ema.items():
-            ema.update(self.networks[name])
+            ema.update(self.networks[name], step)
 
     def nonfinite_weight(self) -> str | None:
         """Name of the first parameter that is not finite, or None."""
@@ -125,7 +125,7 @@ class DDGANMethod(Method):
             "discriminator": _adam(self.networks["discriminator"].parameters(), lr_g * cfg.train.d_lr_ratio, cfg),
         }
         self.lr_schedulers = {k: _lr_scheduler(v, cfg) for k, v in self.optimizers.items()}
-        self.ema = {"generator": EMA(self.networks["generator"], cfg.train.ema_decay)}
+        self.ema = {"generator": EMA(self.networks["generator"], cfg.train.ema_decay, cfg.train.ema_warmup)}
         # R1 and WGAN-GP differentiate D's input gradient (double backward), which
         # torch.compile's AOT autograd does not support: D then stays eager.
         penalty = obj.loss == "wgan-gp" or obj.r1_gamma > 0
@@ -174,7 +174,7 @@ class DDGANMethod(Method):
             v_gen = self.discriminator(self._fake_prev(x_t, t), x_t, t).float()
             g_loss = self.objective.generator_loss(v_gen)
         self._update("generator", g_loss)
-        self._finish_step()
+        self._finish_step(step)
         return {"train/d_loss": d_loss.detach(), "train/g_loss": g_loss.detach(),
                 "train/divergence_bound": bound, "train/d_penalty": penalty.detach()}
 
@@ -198,7 +198,7 @@ class DDPMMethod(Method):
         super().__init__(cfg, device)
         self.optimizers = {"denoiser": _adam(self.networks["denoiser"].parameters(), cfg.train.lr_g, cfg)}
         self.lr_schedulers = {k: _lr_scheduler(v, cfg) for k, v in self.optimizers.items()}
-        self.ema = {"denoiser": EMA(self.networks["denoiser"], cfg.train.ema_decay)}
+        self.ema = {"denoiser": EMA(self.networks["denoiser"], cfg.train.ema_decay, cfg.train.ema_warmup)}
         self.denoiser = self._compile()["denoiser"]
         steps = cfg.eval.respaced_steps
         self.sample_schedule = self.schedule.respace(steps) if steps and steps < self.schedule.T else self.schedule
@@ -219,7 +219,7 @@ class DDPMMethod(Method):
         if self.cfg.train.grad_clip:
             nn.utils.clip_grad_norm_(self.networks["denoiser"].parameters(), self.cfg.train.grad_clip)
         opt.step()
-        self._finish_step()
+        self._finish_step(step)
         return {"train/loss": loss.detach()}
 
     def sample(self, n: int, torch_generator: torch.Generator) -> tuple[torch.Tensor, int]:

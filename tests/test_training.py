@@ -82,10 +82,26 @@ def test_ema_matches_closed_form():
     start = ema.module.weight.clone()
     with torch.no_grad():
         model.weight.fill_(2.0)
-    for _ in range(5):
-        ema.update(model)
+    for step in range(1, 6):
+        ema.update(model, step)
     expected = 2.0 + 0.9**5 * (start - 2.0)
     torch.testing.assert_close(ema.module.weight, expected)
+
+
+def test_ema_warmup_ramps_the_decay_then_caps_it():
+    """decay_k = min(decay, (1 + k) / (10 + k)): the initial weights' share is the product of the decays."""
+    model = torch.nn.Linear(3, 1)
+    ema = EMA(model, decay=0.9, warmup=True)
+    assert [ema.decay_at(k) for k in (1, 8, 80, 81)] == [2 / 11, 9 / 18, 0.9, 0.9]
+    start = ema.module.weight.clone()
+    with torch.no_grad():
+        model.weight.fill_(2.0)
+    share = 1.0
+    for step in range(1, 101):
+        ema.update(model, step)
+        share *= min(0.9, (1 + step) / (10 + step))
+    torch.testing.assert_close(ema.module.weight, 2.0 + share * (start - 2.0))
+    assert share < 1e-6  # after 100 updates the random start is gone; without warm-up it would be 0.9^100
 
 
 def test_exact_resume_matches_uninterrupted(tmp_path):

@@ -4,8 +4,9 @@ The U-Net's encoder half on the two images stacked as channels: level i of
 `disc_channel_mult` works at resolution 28 / 2^i with
 `disc_channels * disc_channel_mult[i]` channels, one ResBlock a level (as in
 DDGAN's small discriminator), the time embedding added in every block, stride-2
-downsampling between levels, then LeakyReLU, a mean over positions and one
-linear output. Like DDGAN's discriminator it uses LeakyReLU(0.2) throughout and
+downsampling between levels, then LeakyReLU, a sum over positions (as in
+DDGAN; a mean shrinks the output's response to its input 49x at 7x7, and in our
+CPU runs left D at chance while G drifted) and one linear output. Like DDGAN's discriminator it uses LeakyReLU(0.2) throughout and
 no normalisation (R1 and batch-independent outputs stay well defined); unlike
 it, there is no minibatch-stddev feature.
 """
@@ -51,5 +52,5 @@ class Discriminator(nn.Module):
         h = self.conv_in(torch.cat([x_prev, x_t], dim=1))  # (B, C, 28, 28)
         for block, down in zip(self.blocks, self.downs, strict=True):
             h = down(block(h, t_emb))
-        h = self.act(h).mean(dim=(2, 3))  # (B, C_last)
+        h = self.act(h).sum(dim=(2, 3))  # (B, C_last)
         return self.linear_out(h).squeeze(1)  # (B,)
