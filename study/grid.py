@@ -328,7 +328,8 @@ class _Expander:
         return spec
 
     def common(self, extra: tuple[str, ...]) -> list[str]:
-        return [*self.grid.overrides, *extra, *_eval_overrides(self.grid.eval)]
+        """Grid-wide overrides, the eval plan, then the method's own (the more specific wins)."""
+        return [*self.grid.overrides, *_eval_overrides(self.grid.eval), *extra]
 
     def ddgan(self, axes: DDGANAxes) -> None:
         for loss in axes.losses:

@@ -81,6 +81,16 @@ def test_ddpm_cells_and_respaced_sampling_phase(tmp_path):
     assert (source.eval.respaced_steps, source.eval.sampler) == (5, "ddim")  # cheap evaluation while training
 
 
+def test_method_overrides_win_over_the_grid_eval_plan(tmp_path):
+    ddpm = {"T": [10], "lr": [2e-4], "overrides": ["eval.every=25"]}
+    plan = expand(*load_grid(str(write_grid(tmp_path, ddgan={**BASE["ddgan"], "overrides": ["eval.n_samples=32"]},
+                                            ddpm=ddpm))))
+    ddpm_cfg = Config.from_dict(plan.configs["ddpm-T10-lr0.0002-s0"])
+    ddgan_cfg = Config.from_dict(plan.configs["ddgan-ns-T1-lr0.0001-s0"])
+    assert (ddpm_cfg.eval.every, ddpm_cfg.eval.n_samples) == (25, 64)
+    assert (ddgan_cfg.eval.every, ddgan_cfg.eval.n_samples) == (50, 32)
+
+
 BAD = [
     ("unknown top-level key", {"pruner_kind": "median"}, "valid keys"),
     ("unknown nested key", {"ddgan": {"losses": ["ns"], "T": [1], "lr": [1e-4], "lrs": [1]}}, "'ddgan.lrs'"),
