@@ -3,7 +3,8 @@
 Writes into --out (default `<results-dir>/<study>`): summary.csv (one row per trial),
 best_by_cell.csv (per cell the best learning rate; mean and 95% interval over seeds),
 REPORT.md and the figures. Works on a study that is still running or partly pruned:
-REPORT.md then lists what is missing. Reads only; never changes a run.
+REPORT.md then lists what is missing. Reads only; never changes a run. A hand-written
+`discussion.md` in --out, if present, becomes REPORT.md's "Discussion" section.
 """
 
 from __future__ import annotations
@@ -198,7 +199,9 @@ def build_report(mlflow_uri: str, study: str | None, out: str | Path | None = No
     figures = make_figures(runs, best, speed, out, report.missing)
     generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     command = report_command or f"python -m study.report --study {study}"
-    text = render(runs, best, speed, speed_reference(best), figures, report.missing, generated, command)
+    discussion_file = out / "discussion.md"
+    discussion = discussion_file.read_text() if discussion_file.is_file() else None
+    text = render(runs, best, speed, speed_reference(best), figures, report.missing, generated, command, discussion)
     (out / "REPORT.md").write_text(text)
     report.files = [out / "summary.csv", out / "best_by_cell.csv", out / "REPORT.md"]
     report.files += [out / name for name in figures.values() if name]

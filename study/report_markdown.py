@@ -200,10 +200,20 @@ def trials_section(summary: pd.DataFrame, metric: str) -> list[str]:
             markdown_table(["trial", "status", "steps", metric, "ms/image", "NFE", "run"], table, {2, 3, 4, 5}), ""]
 
 
+def discussion_section(text: str | None) -> list[str]:
+    """The hand-written reading of the numbers (`discussion.md` beside REPORT.md), kept across reruns."""
+    if not text or not text.strip():
+        return []
+    return ["## Discussion", "", "_Hand-written in `discussion.md` (kept when the report is regenerated); "
+            "every other section is generated from MLflow._", "", text.strip(), ""]
+
+
 def render(runs: StudyRuns, best: pd.DataFrame, speed: pd.DataFrame, reference: dict[str, dict[str, Any]],
-           figures: dict[str, str | None], notes: list[str], generated: str, report_command: str) -> str:
+           figures: dict[str, str | None], notes: list[str], generated: str, report_command: str,
+           discussion: str | None = None) -> str:
     lines = header(runs, generated, report_command)
     lines += at_a_glance(runs, best, speed)
+    lines += discussion_section(discussion)
     lines += missing_section(notes)
     lines += ddgan_tables(best, runs.metric) + ddpm_table(best, runs.metric)
     lines += speed_section(speed, best, runs.metric, reference)

@@ -124,6 +124,15 @@ def test_partial_study_says_what_is_missing(fake_study, fake_report):  # noqa: F
     assert any("still running or was interrupted" in n for n in notes)
 
 
+def test_hand_written_discussion_is_kept_when_the_report_is_regenerated(fake_study, tmp_path):  # noqa: F811
+    (tmp_path / "discussion.md").write_text("ns wins at T=2; tv collapses.\n")
+    build_report(fake_study.uri, fake_study.study, tmp_path, fake_study.results)
+    build_report(fake_study.uri, fake_study.study, tmp_path, fake_study.results)
+    text = (tmp_path / "REPORT.md").read_text()
+    assert text.count("## Discussion") == 1 and "ns wins at T=2; tv collapses." in text
+    assert text.index("## At a glance") < text.index("## Discussion") < text.index("## What is missing")
+
+
 def test_a_cell_with_only_pruned_trials_is_reported_as_not_final():
     summary = pd.DataFrame({
         "trial_key": ["a", "b"], "cell": ["ddgan-ns-T1"] * 2, "method": "ddgan", "loss": "ns", "T": 1,
