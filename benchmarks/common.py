@@ -98,7 +98,7 @@ class GpuUtilization:
             self.samples.append(value)
 
     def start(self) -> None:
-        if self.device.type == "cuda" and self._stop is None:
+        if self.device.type == "cuda" and (self._stop is None or self._stop.is_set()):  # restartable
             import threading
 
             self._stop = threading.Event()

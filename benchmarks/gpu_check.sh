@@ -52,11 +52,11 @@ step() {
 if [ "$DRY" = "--dry" ]; then
   export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}  # CI machines are shared: oversubscribed threads crawl
   DEV=cpu; PRESET=tiny; STEPS=20; TRAIN_EVAL="--set train.batch_size=16 --set eval.reference_n=500"
-  SAMPLE="--batch 16 --ddgan-T 1 2 --ddpm-T 10 --repeats 1"; THROUGHPUT="--presets tiny --steps 3 --batch 16"
+  SAMPLE="--batch 16 --ddgan-T 1 2 --ddpm-T 10 --repeats 1"; THROUGHPUT="--presets tiny --steps 3 --batch 16 --repeats 1"
   PACK="--concurrency 1 2 --tiny --cpus-per-trial 1"; EVAL="--tiny"
 else
   DEV=cuda; PRESET=small; STEPS=300; TRAIN_EVAL=""
-  SAMPLE="--batch 256"; THROUGHPUT="--presets small paper --steps 50"
+  SAMPLE="--batch 256"; THROUGHPUT="--presets small paper --steps 40 --repeats 2"
   PACK="--concurrency 1 2 4 8"
   # the full grid's final evaluation (FID on 10k samples); reference capped at 10k training
   # images to fit the budget (the full-split command is in benchmarks/RESULTS.md)

@@ -1,23 +1,37 @@
-"""Trainer throughput: images/s of `ddgan.trainer` vs a plain reference loop, same model, same run.
+"""Trainer throughput: images/s of `ddgan.trainer` vs two plain loops over the same model, same run.
 
-The reference is what one writes first: a `Dataset` of per-sample tensors, a
-shuffling `DataLoader`, fp32, `.item()` on every loss each step, EMA updated
-parameter by parameter. The trainer draws batches by random index from one
-tensor on the device, keeps losses on the device until a log step, and uses
-foreach EMA (and bf16/channels_last/compile on CUDA).
+Two references, both fp32 with a shuffling `DataLoader` (no workers), `.item()` on every loss
+each step and EMA updated parameter by parameter:
 
-    python -m benchmarks.train_throughput --presets tiny small --methods ddgan ddpm --steps 30
+- authors-style: the loop structure of the DDGAN authors' `train_ddgan.py`
+  (NVlabs/denoising-diffusion-gan): per-sample torchvision `ToTensor` + `Normalize`
+  transforms; in the discriminator step G's forward keeps its graph, so the fake loss
+  backpropagates through G as well (G's gradients are then zeroed); R1 is its own backward
+  (`retain_graph=True`); the generator step draws a fresh t, pair and z and runs G again.
+- tuned: what a careful first version does: per-sample tensors, the D-step fake under
+  `no_grad`, one backward per update; still two G forwards per step.
+
+The trainer draws one (t, pair, z, fake) per step and uses it for both updates (one G
+forward, its graph reused by the G step), draws batches by random index from one tensor on
+the device, keeps losses on the device until a log step, and uses foreach EMA (and
+bf16/channels_last/compile on CUDA).
+
+    python -m benchmarks.train_throughput --presets tiny small --methods ddgan ddpm --steps 30 --repeats 3
+
+Each figure is the median of `--repeats` timed runs of `--steps` steps (after two warm-up steps).
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader, Dataset
+from torchvision import transforms
 
 from benchmarks.common import GpuUtilization, header, markdown_table
 from ddgan.config import resolve_config
@@ -27,27 +41,97 @@ from ddgan.methods import schedule_for
 from ddgan.nets import build_networks
 from ddgan.trainer import train
 
+STYLES = ("authors", "tuned")
+
 
 class PerSampleDataset(Dataset):
-    def __init__(self, images_uint8):
-        self.images = images_uint8
+    """One image per `__getitem__`: the tensor path ("tuned") or torchvision transforms on the
+    uint8 array, as torchvision's image datasets deliver them ("authors")."""
+
+    def __init__(self, images_uint8: torch.Tensor, style: str):
+        self.images, self.style = images_uint8, style
+        self.arrays = images_uint8.numpy()[..., None]  # (N, 28, 28, 1) HWC, what ToTensor takes
+        self.transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.5,), (0.5,))])
 
     def __len__(self):
         return len(self.images)
 
     def __getitem__(self, i):
-        return self.images[i].float().div(127.5).sub(1.0).unsqueeze(0)  # (1, 28, 28)
+        if self.style == "authors":
+            return self.transform(self.arrays[i])  # (1, 28, 28) in [-1, 1]
+        return self.images[i].float().div(127.5).sub(1.0).unsqueeze(0)
 
 
-def reference_loop(cfg, images_uint8, steps: int, device: torch.device, util: GpuUtilization | None = None) -> float:
-    """Plain loop over the same networks and math; returns images/s (GPU utilisation into `util`)."""
+def _ddgan_step_tuned(cfg, nets, opts, sched, objective, x0):
+    gen, disc = nets["generator"], nets["discriminator"]
+    b, device = x0.shape[0], x0.device
+    t = torch.randint(1, sched.T + 1, (b,), device=device)
+    x_prev, x_t = sched.q_sample_pair(x0, t, torch.randn_like(x0), torch.randn_like(x0))
+    x_prev.requires_grad_(True)
+    v_real = disc(x_prev, x_t, t)
+    with torch.no_grad():
+        x0_pred = gen(x_t, t, torch.randn(b, cfg.model.z_dim, device=device))
+        fake = sched.sample_posterior(x0_pred, x_t, t, torch.randn_like(x0))
+    d_loss = objective.discriminator_loss(v_real, disc(fake, x_t, t))
+    d_total = d_loss + r1_penalty(v_real, x_prev, cfg.objective.r1_gamma)
+    opts["discriminator"].zero_grad()
+    d_total.backward()
+    opts["discriminator"].step()
+    d_loss.item()
+    t = torch.randint(1, sched.T + 1, (b,), device=device)
+    x_prev, x_t = sched.q_sample_pair(x0, t, torch.randn_like(x0), torch.randn_like(x0))
+    x0_pred = gen(x_t, t, torch.randn(b, cfg.model.z_dim, device=device))
+    g_loss = objective.generator_loss(disc(sched.sample_posterior(x0_pred, x_t, t, torch.randn_like(x0)), x_t, t))
+    opts["generator"].zero_grad()
+    g_loss.backward()
+    opts["generator"].step()
+    g_loss.item()
+
+
+def _ddgan_step_authors(cfg, nets, opts, sched, objective, x0):
+    gen, disc = nets["generator"], nets["discriminator"]
+    b, device = x0.shape[0], x0.device
+    for p in disc.parameters():
+        p.requires_grad = True
+    disc.zero_grad()
+    t = torch.randint(1, sched.T + 1, (b,), device=device)
+    x_prev, x_t = sched.q_sample_pair(x0, t, torch.randn_like(x0), torch.randn_like(x0))
+    x_prev.requires_grad = True
+    v_real = disc(x_prev, x_t.detach(), t)
+    err_real = -objective.real_term(v_real).mean()  # the loss split into its real and fake terms, as theirs
+    err_real.backward(retain_graph=True)
+    r1_penalty(v_real, x_prev, cfg.objective.r1_gamma).backward()
+    x0_pred = gen(x_t.detach(), t, torch.randn(b, cfg.model.z_dim, device=device))  # graph kept, as theirs
+    fake = sched.sample_posterior(x0_pred, x_t, t, torch.randn_like(x0))
+    v_fake = disc(fake, x_t.detach(), t)
+    err_fake = objective.fake_term(v_fake).mean()
+    err_fake.backward()  # through D and G
+    opts["discriminator"].step()
+    (err_real + err_fake).item()
+    for p in disc.parameters():
+        p.requires_grad = False
+    gen.zero_grad()
+    t = torch.randint(1, sched.T + 1, (b,), device=device)
+    x_prev, x_t = sched.q_sample_pair(x0, t, torch.randn_like(x0), torch.randn_like(x0))
+    x0_pred = gen(x_t.detach(), t, torch.randn(b, cfg.model.z_dim, device=device))
+    g_loss = objective.generator_loss(disc(sched.sample_posterior(x0_pred, x_t, t, torch.randn_like(x0)), x_t, t))
+    g_loss.backward()
+    opts["generator"].step()
+    g_loss.item()
+
+
+def reference_loop(cfg, images_uint8, steps: int, device: torch.device, style: str = "authors",
+                   util: GpuUtilization | None = None) -> float:
+    """A plain loop over the same networks and math (`style` in STYLES); returns images/s."""
     torch.manual_seed(0)
     nets = {k: v.to(device) for k, v in build_networks(cfg.model, cfg.method).items()}
     ema = {k: [p.detach().clone() for p in v.parameters()] for k, v in nets.items() if k != "discriminator"}
     opts = {k: torch.optim.Adam(v.parameters(), lr=cfg.train.lr_g, betas=(0.5, 0.9)) for k, v in nets.items()}
     sched = schedule_for(cfg)
     objective = get_objective(cfg.objective.loss) if cfg.method == "ddgan" else None
-    loader = DataLoader(PerSampleDataset(images_uint8), batch_size=cfg.train.batch_size, shuffle=True, drop_last=True)
+    ddgan_step = _ddgan_step_authors if style == "authors" else _ddgan_step_tuned
+    loader = DataLoader(PerSampleDataset(images_uint8, style), batch_size=cfg.train.batch_size, shuffle=True,
+                        drop_last=True)
     it, done, start = iter(loader), 0, None
     while done < steps + 2:
         if done == 2 and start is None:
@@ -59,9 +143,8 @@ def reference_loop(cfg, images_uint8, steps: int, device: torch.device, util: Gp
         except StopIteration:
             it = iter(loader)
             continue
-        b = x0.shape[0]
-        t = torch.randint(1, sched.T + 1, (b,), device=device)
         if cfg.method == "ddpm":
+            t = torch.randint(1, sched.T + 1, (x0.shape[0],), device=device)
             noise = torch.randn_like(x0)
             loss = ((nets["denoiser"](sched.q_sample(x0, t, noise), t) - noise) ** 2).mean()
             opts["denoiser"].zero_grad()
@@ -69,26 +152,7 @@ def reference_loop(cfg, images_uint8, steps: int, device: torch.device, util: Gp
             opts["denoiser"].step()
             loss.item()
         else:
-            gen, disc = nets["generator"], nets["discriminator"]
-            x_prev, x_t = sched.q_sample_pair(x0, t, torch.randn_like(x0), torch.randn_like(x0))
-            x_prev.requires_grad_(True)
-            v_real = disc(x_prev, x_t, t)
-            with torch.no_grad():
-                x0_pred = gen(x_t, t, torch.randn(b, cfg.model.z_dim, device=device))
-                fake = sched.sample_posterior(x0_pred, x_t, t, torch.randn_like(x0))
-            d_loss = objective.discriminator_loss(v_real, disc(fake, x_t, t))
-            d_total = d_loss + r1_penalty(v_real, x_prev, cfg.objective.r1_gamma)
-            opts["discriminator"].zero_grad()
-            d_total.backward()
-            opts["discriminator"].step()
-            d_loss.item()
-            x_prev, x_t = sched.q_sample_pair(x0, t, torch.randn_like(x0), torch.randn_like(x0))
-            x0_pred = gen(x_t, t, torch.randn(b, cfg.model.z_dim, device=device))
-            g_loss = objective.generator_loss(disc(sched.sample_posterior(x0_pred, x_t, t, torch.randn_like(x0)), x_t, t))
-            opts["generator"].zero_grad()
-            g_loss.backward()
-            opts["generator"].step()
-            g_loss.item()
+            ddgan_step(cfg, nets, opts, sched, objective, x0)
         with torch.no_grad():
             for name, shadow in ema.items():
                 for s, p in zip(shadow, nets[name].parameters(), strict=True):
@@ -158,6 +222,7 @@ def main() -> None:
     p.add_argument("--presets", nargs="+", default=["tiny", "small"])
     p.add_argument("--methods", nargs="+", default=["ddgan", "ddpm"])
     p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--repeats", type=int, default=3, help="timed runs of each arm; the table gives medians")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--T", type=int, default=4, help="DDGAN T (DDPM uses 1000)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -176,15 +241,22 @@ def main() -> None:
                                       "train": {"batch_size": args.batch, "device": args.device, "compile": args.compile},
                                       "eval": {"every": 10**9}},
                                      ["diffusion.schedule=linear"] if method == "ddpm" else [])
-                ref_util, our_util = GpuUtilization(device), GpuUtilization(device)  # timed steps only
-                ref = reference_loop(cfg, images, args.steps, device, ref_util)
-                ours = trainer_loop(cfg, images, args.steps, device, Path(runs) / f"{preset}-{method}", util=our_util)
+                utils = {name: GpuUtilization(device) for name in (*STYLES, "trainer")}  # timed steps only
+                runs_of = {name: [] for name in utils}
+                for r in range(args.repeats):  # arms interleaved, so slow drifts of the machine hit all three
+                    for style in STYLES:
+                        runs_of[style].append(reference_loop(cfg, images, args.steps, device, style, utils[style]))
+                    runs_of["trainer"].append(trainer_loop(cfg, images, args.steps, device,
+                                                           Path(runs) / f"{preset}-{method}-{r}", util=utils["trainer"]))
+                speed = {name: statistics.median(v) for name, v in runs_of.items()}
                 rows.append({"preset": preset, "method": method, "T": T, "batch": args.batch,
-                             "reference img/s": ref, "trainer img/s": ours, "ratio": ours / ref,
-                             "reference GPU util %": ref_util.mean, "trainer GPU util %": our_util.mean})
-    columns = ["preset", "method", "T", "batch", "reference img/s", "trainer img/s", "ratio"]
+                             **{f"{name} img/s": v for name, v in speed.items()},
+                             **{f"vs {style}": speed["trainer"] / speed[style] for style in STYLES},
+                             **{f"{name} GPU util %": u.mean for name, u in utils.items()}})
+    columns = ["preset", "method", "T", "batch", *(f"{n} img/s" for n in (*STYLES, "trainer")),
+               *(f"vs {style}" for style in STYLES)]
     if device.type == "cuda":
-        columns += ["reference GPU util %", "trainer GPU util %"]
+        columns += [f"{n} GPU util %" for n in (*STYLES, "trainer")]
     text = header("Trainer throughput", str(device)) + "\n" + markdown_table(rows, columns)
     print(text)
     if args.out:

@@ -102,8 +102,9 @@ def test_sample_speed_table(dry_run):
 
 def test_train_throughput_table(dry_run):
     rows = check_table((dry_run[0] / "train_throughput.md").read_text(), 0,
-                       ["preset", "method", "T", "batch", "reference img/s", "trainer img/s", "ratio"],
-                       ["reference img/s", "trainer img/s", "ratio"])
+                       ["preset", "method", "T", "batch", "authors img/s", "tuned img/s", "trainer img/s",
+                        "vs authors", "vs tuned"],
+                       ["authors img/s", "tuned img/s", "trainer img/s", "vs authors", "vs tuned"])
     assert {r["method"] for r in rows} == {"ddgan", "ddpm"}
 
 

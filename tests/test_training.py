@@ -224,3 +224,25 @@ def test_compile_leaves_discriminator_eager_when_a_penalty_needs_double_backward
     method = DDGANMethod(cfg, torch.device("cpu"))  # torch.compile wraps lazily: nothing is compiled here
     assert isinstance(method.generator, torch._dynamo.eval_frame.OptimizedModule)
     assert isinstance(method.discriminator, torch._dynamo.eval_frame.OptimizedModule) is d_compiled
+
+
+def test_ddgan_step_draws_once_and_reuses_the_fake_for_the_generator_update():
+    """Alg. 1 with one draw per step: G runs once; D sees real, the fake detached (its update) and then
+    the very same fake with G's graph (G's update, through the updated D)."""
+    from ddgan.methods import DDGANMethod
+
+    method = DDGANMethod(tiny(), torch.device("cpu"))
+    g_calls, d_inputs = [], []
+    method.networks["generator"].register_forward_hook(lambda m, args, out: g_calls.append(out))
+    method.networks["discriminator"].register_forward_hook(lambda m, args, out: d_inputs.append(args[0]))
+    d_before = [p.detach().clone() for p in method.networks["discriminator"].parameters()]
+    method.train_step(two_mode_data(8), step=1)
+    assert len(g_calls) == 1 and len(d_inputs) == 3
+    real, fake_for_d, fake_for_g = d_inputs
+    assert not fake_for_d.requires_grad and fake_for_g.requires_grad  # detached for D, G's graph for G
+    assert fake_for_d.data_ptr() == fake_for_g.data_ptr() and torch.equal(fake_for_d, fake_for_g)
+    assert not torch.equal(real, fake_for_d)
+    # G's update went through the updated D: D changed, and G holds gradients from this step
+    assert any(not torch.equal(a, p) for a, p in zip(d_before, method.networks["discriminator"].parameters()))
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in method.networks["generator"].parameters()
+               if p.requires_grad)
