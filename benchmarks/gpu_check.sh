@@ -56,7 +56,7 @@ if [ "$DRY" = "--dry" ]; then
   PACK="--concurrency 1 2 --tiny --cpus-per-trial 1"; EVAL="--tiny"
 else
   DEV=cuda; PRESET=small; STEPS=300; TRAIN_EVAL=""
-  SAMPLE="--batch 256"; THROUGHPUT="--presets small paper --steps 40 --repeats 2"
+  SAMPLE="--batch 256"; THROUGHPUT="--presets small paper --steps 40 --repeats 1"
   PACK="--concurrency 1 2 4 8"
   # the full grid's final evaluation (FID on 10k samples); reference capped at 10k training
   # images to fit the budget (the full-split command is in benchmarks/RESULTS.md)

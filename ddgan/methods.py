@@ -145,7 +145,7 @@ class DDGANMethod(Method):
         return x_prev, x_t, t
 
     def train_step(self, x0: torch.Tensor, step: int, inject_nan: bool = False) -> dict[str, torch.Tensor]:
-        """Alg. 1 with one draw per step: t, the real pair, z and the fake serve both updates.
+        """One draw per step: t, the real pair, z and the fake serve both updates.
 
         G runs once, with its graph: D's update sees the fake detached, G's update then
         backpropagates through the updated D into that same graph (G's weights have not

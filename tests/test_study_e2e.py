@@ -84,7 +84,7 @@ def test_forced_pruning_stays_inside_the_cell(ray_session, tmp_path, fmnist_dir,
     run_study(study_options(tmp_path, "test_pruning", fmnist_dir, reference_cache))
     results = tmp_path / "results"
     runs, trials = trial_runs(results, "test_pruning"), optuna_trials(results, "test_pruning")
-    good, absurd, alone = "ddgan-ns-T1-lr0.005-s0", "ddgan-ns-T1-lr1e-07-s0", "ddpm-T10-lr1e-07-s0"
+    good, absurd, alone = "ddgan-ns-T1-lr0.002-s0", "ddgan-ns-T1-lr1e-07-s0", "ddpm-T10-lr1e-07-s0"
     assert trials[absurd].state == TrialState.PRUNED
     pruned_at = trials[absurd].user_attrs["pruned_at_step"]
     assert pruned_at < 40

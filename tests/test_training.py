@@ -243,6 +243,7 @@ def test_ddgan_step_draws_once_and_reuses_the_fake_for_the_generator_update():
     assert fake_for_d.data_ptr() == fake_for_g.data_ptr() and torch.equal(fake_for_d, fake_for_g)
     assert not torch.equal(real, fake_for_d)
     # G's update went through the updated D: D changed, and G holds gradients from this step
-    assert any(not torch.equal(a, p) for a, p in zip(d_before, method.networks["discriminator"].parameters()))
+    d_after = method.networks["discriminator"].parameters()
+    assert any(not torch.equal(a, p) for a, p in zip(d_before, d_after, strict=True))
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in method.networks["generator"].parameters()
                if p.requires_grad)
