@@ -62,6 +62,20 @@ class PerSampleDataset(Dataset):
         return self.images[i].float().div(127.5).sub(1.0).unsqueeze(0)
 
 
+def _generator_update_on_a_fresh_draw(cfg, nets, opts, sched, objective, x0):
+    """Both plain loops' G step: a new t, pair and z, a second G forward, one update."""
+    gen, disc = nets["generator"], nets["discriminator"]
+    b, device = x0.shape[0], x0.device
+    t = torch.randint(1, sched.T + 1, (b,), device=device)
+    _, x_t = sched.q_sample_pair(x0, t, torch.randn_like(x0), torch.randn_like(x0))
+    x0_pred = gen(x_t, t, torch.randn(b, cfg.model.z_dim, device=device))
+    g_loss = objective.generator_loss(disc(sched.sample_posterior(x0_pred, x_t, t, torch.randn_like(x0)), x_t, t))
+    opts["generator"].zero_grad()  # also drops the G gradients the authors' D step left behind
+    g_loss.backward()
+    opts["generator"].step()
+    g_loss.item()
+
+
 def _ddgan_step_tuned(cfg, nets, opts, sched, objective, x0):
     gen, disc = nets["generator"], nets["discriminator"]
     b, device = x0.shape[0], x0.device
@@ -78,14 +92,7 @@ def _ddgan_step_tuned(cfg, nets, opts, sched, objective, x0):
     d_total.backward()
     opts["discriminator"].step()
     d_loss.item()
-    t = torch.randint(1, sched.T + 1, (b,), device=device)
-    x_prev, x_t = sched.q_sample_pair(x0, t, torch.randn_like(x0), torch.randn_like(x0))
-    x0_pred = gen(x_t, t, torch.randn(b, cfg.model.z_dim, device=device))
-    g_loss = objective.generator_loss(disc(sched.sample_posterior(x0_pred, x_t, t, torch.randn_like(x0)), x_t, t))
-    opts["generator"].zero_grad()
-    g_loss.backward()
-    opts["generator"].step()
-    g_loss.item()
+    _generator_update_on_a_fresh_draw(cfg, nets, opts, sched, objective, x0)
 
 
 def _ddgan_step_authors(cfg, nets, opts, sched, objective, x0):
@@ -110,14 +117,7 @@ def _ddgan_step_authors(cfg, nets, opts, sched, objective, x0):
     (err_real + err_fake).item()
     for p in disc.parameters():
         p.requires_grad = False
-    gen.zero_grad()
-    t = torch.randint(1, sched.T + 1, (b,), device=device)
-    x_prev, x_t = sched.q_sample_pair(x0, t, torch.randn_like(x0), torch.randn_like(x0))
-    x0_pred = gen(x_t.detach(), t, torch.randn(b, cfg.model.z_dim, device=device))
-    g_loss = objective.generator_loss(disc(sched.sample_posterior(x0_pred, x_t, t, torch.randn_like(x0)), x_t, t))
-    g_loss.backward()
-    opts["generator"].step()
-    g_loss.item()
+    _generator_update_on_a_fresh_draw(cfg, nets, opts, sched, objective, x0)
 
 
 def reference_loop(cfg, images_uint8, steps: int, device: torch.device, style: str = "authors",
