@@ -11,13 +11,17 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import subprocess
 import sys
+import tarfile
 import warnings
 from pathlib import Path
 
 import pytest
 import torch
+
+from benchmarks.gpu_bundle import TIMING_NAME
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
@@ -40,10 +44,36 @@ def bench_env(work: Path, fmnist_dir: Path, ray_address: str) -> dict[str, str]:
             "PYTHON": sys.executable, "PYTHONUNBUFFERED": "1"}
 
 
+def small_bundle(work: Path, fmnist_dir: Path) -> Path:
+    """A bundle in gpu_bundle.py's layout without the packages (this environment has them): the
+    train split's files and a zeroed Inception stand-in, tarred (`python -m tarfile` unpacks any
+    compression, so no xz here)."""
+    from benchmarks.gpu_bundle import zeroed_inception
+
+    stage = work / "stage"
+    (stage / "site").mkdir(parents=True)
+    (stage / "data").mkdir()
+    (stage / "inception").mkdir()
+    for name in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"):
+        shutil.copyfile(fmnist_dir / name, stage / "data" / name)
+    zeroed_inception(str(work / "inception-stand-in.pt"), stage / "inception" / "architecture.pt")  # bench_env's
+    bundle = work / "bundle" / "bundle.tar"
+    bundle.parent.mkdir()
+    with tarfile.open(bundle, "w") as tar:
+        for part in ("site", "data", "inception"):
+            tar.add(stage / part, arcname=part)
+    (bundle.parent / "MANIFEST.txt").write_text("target: this test's Python\ndata: the train split\n"
+                                                "inception: a zeroed stand-in\n")
+    return bundle
+
+
 @pytest.fixture(scope="module")
 def dry_run(tmp_path_factory, fmnist_dir, ray_session) -> tuple[Path, subprocess.CompletedProcess]:
+    """gpu_check.sh's dry path as the device machine would run it: through a bundle."""
     out = tmp_path_factory.mktemp("gpu-check")
-    env = bench_env(tmp_path_factory.mktemp("env"), fmnist_dir, ray_session)
+    work = tmp_path_factory.mktemp("env")
+    env = bench_env(work, fmnist_dir, ray_session)
+    env["GPU_BUNDLE"] = str(small_bundle(work, fmnist_dir))
     proc = subprocess.run(["bash", "benchmarks/gpu_check.sh", str(out), "--dry"], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=600)
     return out, proc
@@ -88,7 +118,10 @@ def test_gpu_check_dry_path_runs_every_step(dry_run):
     names = sorted(p.name for p in out.iterdir())
     assert names == ["eval_cost.md", "log.txt", "machine.txt", "packing.md", "sample_speed.md",
                      "train_throughput.md"]  # the device tool brings back 8 files at most
-    assert "short DDGAN training" in (out / "log.txt").read_text()
+    log = (out / "log.txt").read_text()
+    assert "short DDGAN training" in log and "== unpacking" in log
+    machine = (out / "machine.txt").read_text()
+    assert "bundle: " in machine and "inception: a zeroed stand-in" in machine  # lines from the bundle's MANIFEST
 
 
 def test_sample_speed_table(dry_run):
@@ -123,6 +156,7 @@ def test_eval_cost_tables(dry_run):
                                      "features/s", "ms/image"],
                            ["feature dim", "images", "load s", "seconds", "features/s", "ms/image"])
     assert {r["extractor"]: r["feature dim"] for r in features} == {"fmnist": "128", "inception": "2048"}
+    assert f"inception weights: {TIMING_NAME} (sha256" in text  # the bundle's timing-only network, named as such
     (evaluation,) = check_table(text, 1, ["evaluation", "metrics", "samples", "reference images", "no cache: total s",
                                           "of which references s", "cached: total s", "evaluation call s",
                                           "no cache / cached"],
