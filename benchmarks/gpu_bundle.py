@@ -26,6 +26,7 @@ git), that `gpu_check.sh` unpacks when it finds it:
 
     python -m benchmarks.gpu_bundle --out .gpu            # needs pip's index (PyPI or a mirror)
     python -m benchmarks.gpu_bundle --check .gpu          # the size check alone
+    python -m benchmarks.gpu_bundle compare-timing        # real vs timing-only Inception, ms/image
 
 Then, through the device tool: run(command="PYTHON=python3 bash benchmarks/gpu_check.sh $OUT",
 carry=[".gpu"], timeout_s=600).
@@ -183,11 +184,13 @@ def zeroed_inception(weights: str | None, out: Path) -> str:
 def timing_inception(src: Path, dst: Path, seed: int = 0) -> Path:
     """Fill a zeroed Inception with random He-scaled weights: same graph and cost, not Inception.
 
-    Convolution and linear weights ~ N(0, 2 / fan_in), other 1-d weights and running
-    variances 1, biases and running means 0: activations stay O(1) through the network, so
-    timings see ordinary numbers (no denormals, no NaN).
+    Convolution and linear weights ~ N(0, 2 / fan_in); 1-d scales and variances (`weight`,
+    `gamma`, `running_var`, and `var` as fid-helper names its folded batch norms) 1; biases
+    and means (`bias`, `beta`, `mean`) 0: activations stay O(1) through the network, so timings
+    see ordinary numbers. A probe image must give finite, non-constant features, else UsageError.
     """
-    from ddgan.metrics.inception import _jit_load
+    from ddgan.errors import UsageError
+    from ddgan.metrics.inception import INPUT_SIZE, _jit_load, load_torchscript
 
     module = _jit_load(src)
     gen = torch.Generator().manual_seed(seed)
@@ -198,13 +201,19 @@ def timing_inception(src: Path, dst: Path, seed: int = 0) -> Path:
             if tensor.dim() >= 2:
                 fan_in = tensor[0].numel()
                 tensor.copy_(torch.randn(tensor.shape, generator=gen) * (2.0 / fan_in) ** 0.5)
-            elif name.endswith(("running_var", "weight")):
+            elif name.endswith(("var", "weight", "gamma", "scale")):
                 tensor.fill_(1.0)
             else:
                 tensor.zero_()
     dst = dst if dst.name == TIMING_NAME else dst / TIMING_NAME
     dst.parent.mkdir(parents=True, exist_ok=True)
     _jit_save(module, dst)
+    probe = torch.rand((2, 3, INPUT_SIZE, INPUT_SIZE), generator=gen) * 255
+    features = load_torchscript(dst)(probe)
+    if not torch.isfinite(features).all() or torch.allclose(features[0], features[1]):
+        dst.unlink()
+        raise UsageError(f"random weights for {src} give non-finite or constant features: "
+                         "its parameter names are not ones timing_inception knows")
     return dst
 
 
@@ -264,8 +273,42 @@ def build(out: Path, data_dir: Path, python_version: str, weights: str | None) -
           f"(device limit {CARRY_LIMIT // 2**20} MiB per call)")
 
 
+def compare_timing(weights: str | None, images: int, repeats: int, device: str) -> str:
+    """Markdown: ms/image of the real Inception and of its timing-only copy, interleaved, medians."""
+    from benchmarks.common import header, markdown_table, timed
+    from ddgan.metrics.inception import load_torchscript, resolve_weights
+
+    found, real = resolve_weights(weights, device, allow_download=False)
+    with tempfile.TemporaryDirectory() as tmp:
+        zeroed_inception(str(found.path), Path(tmp) / "zeroed.pt")
+        timing = load_torchscript(timing_inception(Path(tmp) / "zeroed.pt", Path(tmp)), device)
+    x = torch.rand((images, 3, 299, 299), generator=torch.Generator().manual_seed(0)) * 255
+    nets = {f"{found.path.name} (sha256 {found.sha256[:12]})": real, TIMING_NAME: timing}
+    for net in nets.values():  # TorchScript's profiling runs specialise on the input shape: warm on x itself
+        net(x), net(x)
+    seconds = {name: [] for name in nets}
+    for _ in range(repeats):  # interleaved, so drift on a shared machine hits both alike
+        for name, net in nets.items():
+            seconds[name].append(timed(lambda net=net: net(x), torch.device(device), repeats=1, warmup=0))
+    rows = [{"weights": name, "images": images, "ms/image": 1000 * sorted(s)[len(s) // 2] / images}
+            for name, s in seconds.items()]
+    ratio = rows[1]["ms/image"] / rows[0]["ms/image"]
+    return "\n".join([header("Inception: real weights vs the bundle's timing-only weights", device),
+                      markdown_table(rows, ["weights", "images", "ms/image"]), "",
+                      f"timing-only / real: {ratio:.3f}", ""])
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["compare-timing"]:  # here: does the timing-only network cost what the real one does?
+        p = argparse.ArgumentParser(prog="gpu_bundle compare-timing")
+        p.add_argument("--fid-weights", default=None)
+        p.add_argument("--images", type=int, default=32)
+        p.add_argument("--repeats", type=int, default=3)
+        p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+        args = p.parse_args(argv[1:])
+        print(compare_timing(args.fid_weights, args.images, args.repeats, args.device))
+        return
     if argv[:1] == ["timing-inception"]:  # on the device, called by gpu_check.sh
         p = argparse.ArgumentParser(prog="gpu_bundle timing-inception")
         p.add_argument("src", type=Path)

@@ -16,23 +16,52 @@ from torch import nn
 
 from benchmarks import gpu_bundle
 from ddgan.data import read_idx
+from ddgan.errors import UsageError
 from ddgan.metrics.inception import load_torchscript, resolve_weights
 
 REPO = Path(__file__).resolve().parents[1]
 
 
+class FoldedConv(nn.Module):
+    """fid-helper's conv block: parameters `weight`, `beta`, `mean`, `var` (a batch norm folded by name)."""
+
+    def __init__(self, cin: int, cout: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(cout, cin, 3, 3) * 0.1)
+        self.beta, self.mean = nn.Parameter(torch.randn(cout)), nn.Parameter(torch.randn(cout))
+        self.var = nn.Parameter(torch.rand(cout) + 0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.nn.functional.conv2d(x, self.weight, padding=1)
+        return torch.relu((h - self.mean[:, None, None]) / torch.sqrt(self.var[:, None, None] + 1e-3)
+                          + self.beta[:, None, None])
+
+
 class SmallInception(nn.Module):
-    """fid-helper's layout (forward(x), 299x299 -> 2048) with real layers: conv, batch norm, linear."""
+    """fid-helper's layout (forward(x), 299x299 -> 2048) with real layers: conv, batch norm, its
+    folded conv blocks, linear."""
 
     def __init__(self):
         super().__init__()
         self.conv = nn.Conv2d(3, 64, 3, stride=8)
         self.bn = nn.BatchNorm2d(64)
+        self.folded = nn.Sequential(*[FoldedConv(64, 64) for _ in range(6)])
         self.fc = nn.Linear(64, 2048)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = torch.relu(self.bn(self.conv(x))).mean(dim=(2, 3))
+        h = self.folded(torch.relu(self.bn(self.conv(x)))).mean(dim=(2, 3))
         return self.fc(h)
+
+
+class UnknownNames(nn.Module):
+    """A network whose 1-d parameter has a name timing_inception cannot place: zero divides."""
+
+    def __init__(self):
+        super().__init__()
+        self.denominator = nn.Parameter(torch.ones(3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x / self.denominator[None, :, None, None]).mean(dim=(2, 3)).repeat(1, 683)[:, :2048]
 
 
 def save_script(module: nn.Module, path: Path) -> Path:
@@ -90,8 +119,10 @@ def test_zeroed_graph_then_random_weights_keep_the_network_and_never_its_weights
         assert state[name].mean().abs() < 0.1 * (2 / fan_in) ** 0.5
         assert state[name].std().item() == pytest.approx((2 / fan_in) ** 0.5, rel=0.05)
     assert torch.equal(state["bn.running_var"], torch.ones(64)) and torch.equal(state["bn.weight"], torch.ones(64))
-    for name in ("conv.bias", "bn.bias", "bn.running_mean", "fc.bias"):
+    for name in ("conv.bias", "bn.bias", "bn.running_mean", "fc.bias", "folded.0.beta", "folded.5.mean"):
         assert not state[name].any(), name
+    for name in ("folded.0.var", "folded.5.var"):  # fid-helper's names for running variances
+        assert torch.equal(state[name], torch.ones(64)), name
     assert not torch.equal(state["conv.weight"], original["conv.weight"])
 
     weights, network = resolve_weights(timing)  # the study accepts it as a weights file
@@ -104,6 +135,14 @@ def test_zeroed_graph_then_random_weights_keep_the_network_and_never_its_weights
     assert load_torchscript(timing).layout == "fid-helper"
 
 
+def test_random_weights_that_break_the_network_are_refused(tmp_path):
+    zeroed = tmp_path / "zeroed.pt"
+    gpu_bundle.zeroed_inception(str(save_script(UnknownNames(), tmp_path / "odd.pt")), zeroed)
+    with pytest.raises(UsageError, match="non-finite or constant features"):
+        gpu_bundle.timing_inception(zeroed, tmp_path / "device")
+    assert not (tmp_path / "device" / gpu_bundle.TIMING_NAME).exists()  # nothing left to be timed by mistake
+
+
 def test_carry_size_check_refuses_what_one_device_call_cannot_take(tmp_path):
     (tmp_path / "bundle.tar.xz").write_bytes(b"x" * 4096)
     carried, tree = gpu_bundle.check_size(tmp_path, REPO)
@@ -111,3 +150,13 @@ def test_carry_size_check_refuses_what_one_device_call_cannot_take(tmp_path):
     with pytest.raises(SystemExit, match="exceed the device tool's"):
         gpu_bundle.check_size(tmp_path, REPO, limit=tree + 4095)
     assert gpu_bundle.check_size(tmp_path, REPO, limit=tree + 4096) == (carried, tree)
+
+
+def test_compare_timing_tables_both_networks(tmp_path):
+    real = save_script(SmallInception(), tmp_path / "real.pt")
+    text = gpu_bundle.compare_timing(str(real), images=2, repeats=1, device="cpu")
+    assert "- command: `python " in text and "- device: cpu" in text
+    rows = [line for line in text.splitlines() if line.startswith("| ") and "ms/image" not in line]
+    assert [row.split("|")[1].strip().split(" ")[0] for row in rows] == ["real.pt", gpu_bundle.TIMING_NAME]
+    ratio = float(text.rsplit("timing-only / real: ", 1)[1].split()[0])
+    assert 0 < ratio < float("inf")
