@@ -20,7 +20,7 @@
 # The GPU machine needs this repo's Python dependencies (Ray, MLflow, Optuna, clean-fid)
 # importable by $PYTHON: `pip install -e .` where it has an index. The device tool's machine
 # has none and sees no ../shared/data, so build the bundle here and carry it:
-#   python -m benchmarks.gpu_bundle --out .gpu      # ~56 MiB: packages, train split, Inception graph
+#   python -m benchmarks.gpu_bundle --out .gpu      # ~51 MiB: packages, train split, Inception graph
 #   device run: command "PYTHON=python3 bash benchmarks/gpu_check.sh $OUT", carry [".gpu"]
 # With GPU_BUNDLE (default .gpu/bundle.tar.xz) present the check unpacks it into its temporary
 # directory, puts its packages and this repo on PYTHONPATH, reads the data from it, and times
