@@ -39,6 +39,7 @@ TMP=$(mktemp -d "${TMPDIR:-/tmp}/gpu-check.XXXXXX")
 trap 'rm -rf "$TMP"' EXIT
 export DDGAN_CACHE_DIR=${DDGAN_CACHE_DIR:-$TMP/cache}
 exec > >(tee -a "$OUT/log.txt") 2>&1
+DEADLINE=$((SECONDS + ${BUDGET_S:-570}))  # the bundle's unpacking counts too
 BUNDLE=${GPU_BUNDLE:-.gpu/bundle.tar.xz}
 if [ -f "$BUNDLE" ]; then
   echo "== unpacking $BUNDLE"
@@ -49,7 +50,6 @@ if [ -f "$BUNDLE" ]; then
     "$TMP/bundle/inception") || { echo "cannot build the timing Inception" | tee -a "$OUT/failures.txt"; exit 1; }
   export DDGAN_FID_WEIGHTS
 fi
-DEADLINE=$((SECONDS + ${BUDGET_S:-570}))
 status=0
 fail() { echo "$1" | tee -a "$OUT/failures.txt"; status=1; }
 # step NAME LIMIT_S CMD...: run CMD under min(LIMIT_S, time left); log its wall time.
