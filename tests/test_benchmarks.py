@@ -178,3 +178,16 @@ def test_study_overhead_table(tmp_path, fmnist_dir, ray_session):
         assert row["steps"] == "20" and row["evaluations"] == "2"
         assert math.isfinite(number(row["overhead s"])) and math.isfinite(number(row["overhead % of trial"]))
     assert "python -m ddgan.train --config" in text  # the bare leg as a command
+
+
+def test_profile_step_groups_the_whole_step_and_bounds_the_speed_up():
+    from benchmarks.profile_step import group_of, profile_step
+
+    assert [group_of(n) for n in ("aten::mkldnn_convolution", "aten::convolution_backward", "aten::_fused_adam_",
+                                  "aten::native_group_norm", "aten::silu")] == [
+        "convolution", "convolution", "optimiser", "everything else", "everything else"]
+    rows, ceiling = profile_step("tiny", "ddpm", batch=4, steps=1, device="cpu", T=10)
+    assert [r["group"] for r in rows] == ["convolution", "everything else", "optimiser"]
+    assert sum(r["share"] for r in rows) == pytest.approx(1.0)
+    assert all(r["share"] > 0 and r["self ms/step"] > 0 for r in rows)
+    assert ceiling == pytest.approx(1 / rows[0]["share"]) and ceiling > 1
