@@ -7,6 +7,7 @@ match; pruning inside a cell only; --dry-run touches nothing; a SIGKILLed driver
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
@@ -129,6 +130,27 @@ def _mlflow_status(db: Path) -> dict[str, tuple[str, int]]:
     return {key: (status, step or 0) for key, status, step in rows}
 
 
+def _ray_saved_steps(ray_dir: Path) -> dict[str, tuple[str, int]]:
+    """trial key -> (status, step of its last result) in the experiment state Ray last saved.
+
+    A trial reports to Ray only at its start and at each evaluation (with the checkpoint), so a
+    RUNNING trial saved at step >= 20 is one whose step-20 checkpoint a resume will find. Ray
+    saves this file periodically (TUNE_GLOBAL_CHECKPOINT_S) and after every `num_to_keep`
+    checkpoints of a trial; a kill between a report and the next save loses only that progress.
+    """
+    files = sorted(ray_dir.glob("experiment_state-*.json"))  # one per driver session, timestamped
+    if not files:
+        return {}
+    try:
+        saved = {}
+        for trial_json, meta_json in json.loads(files[-1].read_text())["trial_data"]:
+            trial, meta = json.loads(trial_json), json.loads(meta_json)
+            saved[trial["config"]["trial"]["key"]] = (trial["status"], int((meta["last_result"] or {}).get("step", 0)))
+        return saved
+    except (OSError, ValueError, KeyError, TypeError):  # mid-write, or not yet holding the trials
+        return {}
+
+
 def _wait_for(condition, timeout: float, what: str):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -146,24 +168,25 @@ def test_driver_killed_then_resumed(ray_session, tmp_path, fmnist_dir, reference
     env = {**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "1"}  # Ray snapshots its experiment state every second
     log = (tmp_path / "driver.log").open("w")
     driver = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-    db = results / "mlflow.db"
+    db, ray_dir = results / "mlflow.db", results / "test_resume" / "ray" / "train"
 
     def mid_study():
-        status = _mlflow_status(db)
+        status, saved = _mlflow_status(db), _ray_saved_steps(ray_dir)
         done = [k for k, (s, _) in status.items() if s == "completed"]
-        partial = [k for k, (s, step) in status.items() if s == "running" and 20 <= step <= 40]
+        partial = [k for k, (s, step) in status.items() if s == "running" and 20 <= step <= 60
+                   and saved.get(k, ("", 0))[0] == "RUNNING" and saved[k][1] >= 20]  # Ray saved its checkpoint too
         return done and partial
 
     try:
-        _wait_for(mid_study, 240, "one trial completed and one mid-way")
-        time.sleep(1.5)  # let Ray persist the last checkpoint in its experiment state
+        _wait_for(mid_study, 240, "one trial completed and one mid-way, its checkpoint in Ray's saved state")
     finally:
         driver.send_signal(signal.SIGKILL)
         driver.wait()
     assert driver.returncode == -signal.SIGKILL
-    at_kill = _mlflow_status(db)
+    at_kill, saved_at_kill = _mlflow_status(db), _ray_saved_steps(ray_dir)
     done_before = [k for k, (s, _) in at_kill.items() if s == "completed"]
-    partial_before = [k for k, (s, step) in at_kill.items() if s == "running" and step >= 20]
+    partial_before = [k for k, (s, step) in saved_at_kill.items()
+                      if s == "RUNNING" and step >= 20 and at_kill[k][0] == "running"]
     assert done_before and partial_before
     import ray
 
