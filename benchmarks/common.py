@@ -8,6 +8,7 @@ import shlex
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -34,6 +35,13 @@ def command() -> str:
 def header(title: str, device: str) -> str:
     return "\n".join([f"## {title}", "", f"- command: `{command()}`", f"- machine: {machine()}",
                       f"- device: {device}", f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}", ""])
+
+
+def write_table(out: Path | None, name: str, text: str) -> None:
+    """Write a script's Markdown to `out/name` when `--out` was given (the folder is created)."""
+    if out:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / name).write_text(text + "\n")
 
 
 def markdown_table(rows: list[dict], columns: list[str]) -> str:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import header, markdown_table
+from benchmarks.common import header, markdown_table, write_table
 
 TINY = {"grid": "smoke", "feature_images": {"fmnist": 256, "inception": 2},
         "overrides": ["eval.n_samples=64", "eval.batch_size=64", "eval.reference_n=256",
@@ -160,20 +160,14 @@ def main() -> None:
              *(f"- {row['_weights']}" for row in features), ""]
     text = header("Evaluation cost", str(device)) + "\n".join(notes) + "\n### Feature extraction\n\n" + \
         markdown_table(features, FEATURE_COLUMNS)
-    write(args.out, text)  # now: a run cut short keeps table 1
+    write_table(args.out, "eval_cost.md", text)  # now: a run cut short keeps table 1
     finals = [False] + ([True] if args.final and cfg.eval.final_metrics else [])
     evaluations = [] if args.skip_evaluation else eval_rows(cfg, data_dir, device, finals, args.fid_weights)
     if evaluations:
         text += "\n\n### One evaluation: reference statistics computed vs cached\n\n" + \
             markdown_table(evaluations, EVAL_COLUMNS)
     print(text)
-    write(args.out, text)
-
-
-def write(out: Path | None, text: str) -> None:
-    if out:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "eval_cost.md").write_text(text + "\n")
+    write_table(args.out, "eval_cost.md", text)
 
 
 if __name__ == "__main__":

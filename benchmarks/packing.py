@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import header, markdown_table
+from benchmarks.common import header, markdown_table, write_table
 from benchmarks.study_timing import derive_grid, start_ray, timed_study
 
 DEFAULTS = {"cpu": {"grid": "cpu", "steps": 100}, "cuda": {"grid": "full", "steps": 300}}
@@ -93,9 +93,7 @@ def main() -> None:
         for n in args.concurrency:
             rows.append(run_one(args, n, work, data_dir))
             text = render(args, rows, ray_s)  # written after every N: a run cut short keeps what it measured
-            if args.out:
-                args.out.mkdir(parents=True, exist_ok=True)
-                (args.out / "packing.md").write_text(text + "\n")
+            write_table(args.out, "packing.md", text)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(text)

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from benchmarks.common import header, markdown_table
+from benchmarks.common import header, markdown_table, write_table
 from ddgan.config import resolve_config
 from ddgan.methods import build_method
 
@@ -80,9 +80,7 @@ def main() -> None:
                       markdown_table(rows, ["group", "self ms/step", "share"]), "",
                       f"ceiling if only convolution cost time: {ceiling:.2f}x", ""])
     print(text)
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "profile_step.md").write_text(text + "\n")
+    write_table(args.out, "profile_step.md", text)
 
 
 if __name__ == "__main__":

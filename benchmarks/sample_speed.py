@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import header, markdown_table, timed
+from benchmarks.common import header, markdown_table, timed, write_table
 from ddgan.config import resolve_config
 from ddgan.methods import schedule_for
 from ddgan.nets import build_networks
@@ -71,9 +71,7 @@ def main() -> None:
     text = header(f"Sampling speed ({args.preset} preset, batch {args.batch})", str(device)) + "\n" + markdown_table(
         rows, ["model", "sampler", "T", "NFE", "ms/image", "images/s", ref_col])
     print(text)
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "sample_speed.md").write_text(text + "\n")
+    write_table(args.out, "sample_speed.md", text)
 
 
 if __name__ == "__main__":

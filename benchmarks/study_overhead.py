@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import header, markdown_table
+from benchmarks.common import header, markdown_table, write_table
 from benchmarks.study_timing import derive_grid, start_ray, timed_study
 
 REPO = Path(__file__).resolve().parents[1]
@@ -139,9 +139,7 @@ def main() -> None:
     text = header("Study overhead (one trial: bare trainer vs study.run)", device) + "\n".join(notes) + "\n" + \
         markdown_table(rows, COLUMNS)
     print(text)
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "study_overhead.md").write_text(text + "\n")
+    write_table(args.out, "study_overhead.md", text)
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
-from benchmarks.common import GpuUtilization, header, markdown_table
+from benchmarks.common import GpuUtilization, header, markdown_table, write_table
 from ddgan.config import resolve_config
 from ddgan.data import load_fashion_mnist, resolve_data_dir, to_model_range
 from ddgan.losses import get_objective, r1_penalty
@@ -259,9 +259,7 @@ def main() -> None:
         columns += [f"{n} GPU util %" for n in (*STYLES, "trainer")]
     text = header("Trainer throughput", str(device)) + "\n" + markdown_table(rows, columns)
     print(text)
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "train_throughput.md").write_text(text + "\n")
+    write_table(args.out, "train_throughput.md", text)
 
 
 if __name__ == "__main__":
