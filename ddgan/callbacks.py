@@ -8,7 +8,6 @@ this); the trainer then saves a final checkpoint and ends with status "stopped".
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -114,15 +113,3 @@ class StopAfter(Callback):
 
     def on_train_step(self, step: int, metrics: dict[str, float]) -> bool:
         return step >= self.step
-
-
-class Timer:
-    """Wall-clock helper for img/s."""
-
-    def __init__(self) -> None:
-        self.start = time.perf_counter()
-
-    def lap(self) -> float:
-        now = time.perf_counter()
-        elapsed, self.start = now - self.start, now
-        return elapsed

@@ -146,13 +146,11 @@ class _Loop:
         cfg = self.cfg
         total, log_every, eval_every = cfg.train.steps, cfg.train.log_every, cfg.eval.every
         ckpt_every = cfg.checkpoint.every
-        fault = cfg.fault
         timer, steps_since = time.perf_counter(), 0
         while self.step < total:
             self.step += 1
-            self._inject_exit(fault)
-            batch = next(self.data)
-            self._pending.append(self.method.train_step(batch, self.step, inject_nan=self.step == fault.nan_at_step))
+            batch = next(self.data)  # (B, 1, 28, 28) in [-1, 1]
+            self._pending.append(self.method.train_step(batch, self.step))
             steps_since += 1
             last = self.step == total
             is_eval = self.step % eval_every == 0 or last
@@ -167,26 +165,11 @@ class _Loop:
             elif ckpt_every and self.step % ckpt_every == 0:
                 self.save()
             if stop and not last:
-                if self.last_checkpoint is None or self.step != _step_of(self.last_checkpoint):
+                if self.last_checkpoint != checkpoint_path(self.ckpt_dir, self.step):
                     self.flush(1.0, 1)
                     self.save()
                 return "stopped"
         return "completed"
-
-    def _inject_exit(self, fault) -> None:
-        """Fault injection (config section `fault`): die like a crashed worker, once."""
-        if fault.exit_at_step is None or self.step != fault.exit_at_step:
-            return
-        marker = Path(fault.exit_marker) if fault.exit_marker else self.out_dir / ".fault_exit_done"
-        if marker.exists():
-            return
-        marker.parent.mkdir(parents=True, exist_ok=True)
-        marker.write_text(f"injected exit at step {self.step}\n")
-        os._exit(1)
-
-
-def _step_of(path: Path) -> int:
-    return int(path.stem.split("_")[-1])
 
 
 def train(

@@ -12,7 +12,7 @@ self-contained directory per trial (`ddgan.export` format, verified on load):
 
 `python -m ddgan.sample --checkpoint <out>/<study>/<trial_key> --out grid.png` then samples
 with no study and no MLflow. Unless --no-register, each exported model is also registered
-in the MLflow Model Registry (see study/registry.py; ~10-16 s per model on CPU).
+in the MLflow Model Registry (see study/stores/registry.py; ~10-16 s per model on CPU).
 """
 
 from __future__ import annotations
@@ -33,8 +33,10 @@ import pandas as pd
 from ddgan.cli import run_cli
 from ddgan.errors import CheckpointError, UsageError
 from ddgan.export import load_export, verify_export, write_export
-from study.report_data import StudyRuns, load_study, protocol_rows, quiet_downloads
-from study.tracking import with_retry
+from study.report.data import StudyRuns, load_study, protocol_rows
+from study.stores import mlflow_uri_for
+from study.stores.mlflow_client import quiet_downloads
+from study.stores.registry import register_export, registry_name, set_champions
 
 SELECTIONS = ("cell", "loss", "overall")
 
@@ -104,7 +106,7 @@ def export_trial(runs: StudyRuns, row: pd.Series, directory: Path, metrics: dict
     quiet_downloads()
     with tempfile.TemporaryDirectory(prefix="export-") as tmp:
         try:
-            source = Path(with_retry(runs.client.download_artifacts, row["run_id"], "model", tmp))
+            source = Path(runs.store.download_artifacts(row["run_id"], "model", tmp))
         except Exception as err:  # MLflow raises its own types for a missing artifact
             raise CheckpointError(f"trial {row['trial_key']!r} logged no final model: {type(err).__name__}") from None
         cfg, network = load_export(source)  # verifies the trial's manifest first
@@ -115,8 +117,6 @@ def export_trial(runs: StudyRuns, row: pd.Series, directory: Path, metrics: dict
 
 
 def _register(runs: StudyRuns, row: pd.Series, directory: Path) -> dict[str, Any]:
-    from study.registry import register_export, registry_name
-
     name = registry_name(row["method"], row["loss"], int(row["T"]))
     tags = {"study": runs.study, "trial_key": row["trial_key"], "cell": row["cell"], "run_id": row["run_id"],
             "metric": runs.metric, "mode": runs.mode, **_final_metrics(row)}
@@ -146,8 +146,6 @@ def export_study(mlflow_uri: str, study: str | None, per: str, top_k: int, out: 
             model.registered = _register(runs, row, directory)
         result.models.append(model)
     if register and result.models:
-        from study.registry import set_champions
-
         names = [m.registered["name"] for m in result.models]
         result.champions = set_champions(runs.uri, names, runs.metric, runs.mode)
     _write_selection(result, runs, per, top_k)
@@ -177,8 +175,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from study.report import mlflow_uri_for
-
     args = parse_args(argv)
     uri = mlflow_uri_for(args.results_dir, args.mlflow_uri)
     result = export_study(uri, args.study, args.per, args.top_k, args.out, register=not args.no_register)

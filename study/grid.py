@@ -23,24 +23,21 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, model_validator
+from pydantic import Field, StrictInt, model_validator
 
-from ddgan.config import CONFIG_DIR, Config, read_yaml, resolve_config
+from ddgan.config import CONFIG_DIR, Config, parse_override, read_yaml, resolve_config
 from ddgan.errors import ConfigError, UsageError
+from ddgan.strict import Strict, validate
 
 GRID_DIR = CONFIG_DIR / "grids"
 PHASES = ("train", "sample")
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 StepCount = Annotated[StrictInt, Field(ge=1)]  # T, S: integers >= 1 (2.5 and "3" are errors)
 LearningRate = Annotated[float, Field(gt=0)]
 
 
-class Budget(_Strict):
+class Budget(Strict):
     """Training length: optimiser steps, or images seen (steps = images / batch size)."""
 
     steps: StrictInt | None = Field(default=None, ge=1)
@@ -53,7 +50,7 @@ class Budget(_Strict):
         return self
 
 
-class EvalPlan(_Strict):
+class EvalPlan(Strict):
     """Evaluation cadence and cost (maps onto the config's `eval` section)."""
 
     every: StrictInt = Field(ge=1)
@@ -67,11 +64,11 @@ class EvalPlan(_Strict):
     reference_n: StrictInt | None = Field(default=None, ge=2)  # first N reference images (default: the split)
 
 
-class Pruner(_Strict):
-    """Optuna pruner per cell; see study/pruning.py for what each kind does in a parallel grid."""
+class Pruner(Strict):
+    """Optuna pruner per cell; see study/tuning/pruning.py for what each kind does in a parallel grid."""
 
     kind: Literal["median", "percentile", "successive_halving", "hyperband", "none"] = "median"
-    include_running: bool = True  # median/percentile: also compare with running trials (see pruning.py)
+    include_running: bool = True  # median/percentile: also compare with running trials (see study/tuning/pruning.py)
     percentile: float = Field(default=50.0, gt=0, lt=100)  # percentile only
     n_startup_trials: StrictInt = Field(default=1, ge=0)  # median/percentile: trials needed to compare
     n_warmup_steps: StrictInt = Field(default=0, ge=0)  # no pruning before this step
@@ -82,19 +79,27 @@ class Pruner(_Strict):
     min_early_stopping_rate: StrictInt = Field(default=0, ge=0)
 
 
-class Resources(_Strict):
+class Faults(Strict):
+    """Fault injection for one trial (`fault.<key>=value` in `trial_overrides`; see study/FAULTS.md)."""
+
+    nan_at_step: StrictInt | None = Field(default=None, ge=1)  # that step's batch is NaN: the losses diverge
+    exit_at_step: StrictInt | None = Field(default=None, ge=1)  # the trial process dies at that step, once
+    exit_marker: str | None = None  # created by the first injected exit, so a retry does not die again
+
+
+class Resources(Strict):
     cpus: float = Field(default=1.0, gt=0)
     gpus: float = Field(default=0.0, ge=0)
 
 
-class DDGANAxes(_Strict):
+class DDGANAxes(Strict):
     losses: tuple[str, ...] = Field(min_length=1)
     T: tuple[StepCount, ...] = Field(min_length=1)
     lr: tuple[LearningRate, ...] = Field(min_length=1)
     overrides: tuple[str, ...] = ()  # dotted overrides for every DDGAN trial
 
 
-class Respaced(_Strict):
+class Respaced(Strict):
     """One DDPM model with T steps, sampled with each S and sampler (a second phase)."""
 
     T: StrictInt = Field(ge=1)
@@ -116,7 +121,7 @@ class Respaced(_Strict):
         return self
 
 
-class DDPMAxes(_Strict):
+class DDPMAxes(Strict):
     T: tuple[StepCount, ...] = ()  # one model per T
     lr: tuple[LearningRate, ...] = Field(min_length=1)
     respaced: Respaced | None = None
@@ -130,7 +135,7 @@ class DDPMAxes(_Strict):
         return self
 
 
-class Grid(_Strict):
+class Grid(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     description: str = ""
     base: dict[Literal["ddgan", "ddpm"], str]  # method -> base config path (relative to the grid file)
@@ -146,8 +151,8 @@ class Grid(_Strict):
     resources: Resources = Resources()
     max_concurrent: StrictInt | None = Field(default=None, ge=1)
     max_failures: StrictInt = Field(default=2, ge=0)  # retries of a crashed trial (from its checkpoint)
-    # Extra dotted overrides for one cell or one trial key, applied last (e.g. the `fault`
-    # section for the reliability tests, or a smaller batch for one expensive cell).
+    # Extra dotted overrides for one cell or one trial key, applied last (e.g. a smaller batch
+    # for one expensive cell); `fault.<key>=value` items set the trial's `Faults` instead.
     trial_overrides: dict[str, tuple[str, ...]] = {}
 
     @model_validator(mode="after")
@@ -178,6 +183,7 @@ class TrialSpec:
     sampler: str | None = None  # DDPM sampler
     source: str | None = None  # sample trials: the key of the trial that trained the model
     total_steps: int = 0
+    faults: dict[str, Any] = field(default_factory=dict)  # Faults fields that are set (tests only)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -201,7 +207,7 @@ class Plan:
 
     def fingerprint(self) -> str:
         """Hash of what defines the study's trials (a changed grid must not be resumed)."""
-        items = [(t.key, t.cell, t.overrides, self.configs.get(t.key)) for t in self.trials]
+        items = [(t.key, t.cell, t.overrides, self.configs.get(t.key), t.faults or None) for t in self.trials]
         blob = json.dumps([self.grid.metric, self.grid.mode, items], sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -224,40 +230,9 @@ def find_grid(name_or_path: str) -> Path:
     return path.resolve()
 
 
-def _format_error(err: ValidationError, where: str) -> str:
-    first = err.errors()[0]
-    loc = [str(p) for p in first["loc"]]
-    key = ".".join(loc)
-    if first["type"] == "extra_forbidden":
-        section = _section_model(loc[:-1])
-        valid = ", ".join(section.model_fields) if section else "?"
-        return f"{where}: unknown key {key!r} (valid keys: {valid})"
-    msg = first["msg"].removeprefix("Value error, ")
-    return f"{where}: {key}: {msg}" if key else f"{where}: {msg}"
-
-
-def _section_model(path: list[str]) -> type[BaseModel] | None:
-    model: type[BaseModel] = Grid
-    for name in path:
-        field_info = model.model_fields.get(name)
-        if field_info is None:
-            return None
-        annotation = field_info.annotation
-        candidates = getattr(annotation, "__args__", (annotation,))
-        models = [c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)]
-        if not models:
-            return None
-        model = models[0]
-    return model
-
-
 def load_grid(name_or_path: str) -> tuple[Grid, Path]:
     path = find_grid(name_or_path)
-    raw = read_yaml(path)
-    try:
-        return Grid.model_validate(raw), path
-    except ValidationError as err:
-        raise ConfigError(_format_error(err, f"grid {path.name}")) from None
+    return validate(Grid, read_yaml(path), f"grid {path.name}"), path
 
 
 # -- expansion ----------------------------------------------------------------------------
@@ -321,13 +296,20 @@ class _Expander:
         if any(t.key == spec.key for t in self.trials):
             raise ConfigError(f"grid {self.path.name}: two trials have the key {spec.key!r} (repeated axis value?)")
         extra = (*self.grid.trial_overrides.get(spec.cell, ()), *self.grid.trial_overrides.get(spec.key, ()))
-        if extra:
-            spec = TrialSpec(**{**spec.to_dict(), "overrides": (*spec.overrides, *extra)})
+        faults = {path[1]: value for path, value in map(parse_override, extra) if path[0] == "fault" and len(path) == 2}
+        extra = tuple(o for o in extra if not o.strip().startswith("fault."))
+        if extra or faults:
+            spec = TrialSpec(**{**spec.to_dict(), "overrides": (*spec.overrides, *extra),
+                                "faults": self._faults(faults, spec.key)})
         cfg = _resolve(self.raw[spec.method], list(spec.overrides), spec.key)
         spec = TrialSpec(**{**spec.to_dict(), "total_steps": cfg.train.steps})
         self.trials.append(spec)
         self.configs[spec.key] = cfg.to_dict()
         return spec
+
+    def _faults(self, values: dict[str, Any], key: str) -> dict[str, Any]:
+        faults = validate(Faults, values, f"grid {self.path.name}: trial_overrides of {key}: fault")
+        return faults.model_dump(exclude_defaults=True)
 
     def common(self, extra: tuple[str, ...]) -> list[str]:
         """Grid-wide overrides, the eval plan, then the method's own (the more specific wins)."""

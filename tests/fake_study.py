@@ -1,4 +1,4 @@
-"""A small study written straight into MLflow with `study.tracking`, no Ray and no training.
+"""A small study written straight into MLflow with `study.stores.tracking`, no Ray and no training.
 
 It has what a real study has (parent run, one nested run per trial with the driver's
 tags and the flattened config as params, metric histories, sample grids, a final EMA
@@ -18,7 +18,7 @@ from ddgan.export import write_export
 from ddgan.metrics.grid import save_grid
 from ddgan.nets import build_networks
 from study.stores import init_stores, resolve_stores
-from study.tracking import Tracker, TrialRun
+from study.stores.tracking import Tracker, TrialRun
 
 REPO = Path(__file__).resolve().parents[1]
 METRIC = "eval/fd_test-extractor_64"
@@ -65,7 +65,7 @@ def _log_trial(tracker: Tracker, run_id: str, cfg, status: str, final, ms, work:
     run = TrialRun(tracker.uri, run_id)
     if status == "pending":
         return
-    run.open(ray_trial_id="fake")
+    run.open(ray_trial="fake")
     nfe = float(cfg.eval.respaced_steps or cfg.diffusion.T)
     if final is not None:
         for step, value in _curve(final, status):

@@ -20,10 +20,10 @@ from ddgan.export import load_export, verify_export
 from ddgan.methods import schedule_for
 from ddgan.nets import build_networks
 from ddgan.sampler import sample_ddgan, sample_ddpm
+from ddgan.serving import NoiseToImages
 from study.export import export_study, main, select_trials
-from study.registry import build_sampler
-from study.report_data import load_study, using_mlflow
-from study.sampler_module import NoiseToImages
+from study.report.data import load_study
+from study.stores.registry import build_sampler
 
 REPO = Path(__file__).resolve().parents[1]
 METRIC = "eval/fd_test-extractor_64"
@@ -124,8 +124,8 @@ def test_export_and_registry_of_a_real_study(real_study, tmp_path, monkeypatch):
     client = MlflowClient(real_study.uri)
     version = client.get_model_version_by_alias(registered["name"], "champion")
     assert version.run_id == best["run_id"] and float(version.tags[METRIC]) == pytest.approx(best[METRIC])
-    with using_mlflow(real_study.uri):
-        served = mlflow.pyfunc.load_model(f"models:/{registered['name']}@champion")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", real_study.uri)
+    served = mlflow.pyfunc.load_model(f"models:/{registered['name']}@champion")
     module, _ = build_sampler(model.directory)  # the trial's sampler (DDPM: its eval sampler and S)
     noise = module.draw_noise(2, torch.Generator().manual_seed(1))
     images = np.asarray(served.predict(noise.numpy()))

@@ -11,10 +11,11 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 from study_fixtures import fake_study, real_study  # noqa: F401 (session fixtures)
 
-from study import figures
-from study.report import build_report, main, missing_notes
-from study.report_data import load_study
-from study.report_tables import best_by_cell, fmt, interval95, pareto_mask, speed_table
+from study.report import figures
+from study.report.build import build_report, missing_notes
+from study.report.cli import main
+from study.report.data import load_study
+from study.report.tables import best_by_cell, fmt, interval95, pareto_mask, speed_table
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

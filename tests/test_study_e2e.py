@@ -65,7 +65,7 @@ def test_smoke_grid_end_to_end(ray_session, tmp_path, fmnist_dir, reference_cach
         run = runs[spec.key][0]
         tags, params = run.data.tags, run.data.params
         assert (run.info.status, tags["status"]) == ("FINISHED", "completed")
-        assert tags["cell"] == spec.cell and tags["ray_trial_id"] and tags["git_commit"]
+        assert tags["cell"] == spec.cell and tags["ray_trial"] and tags["git_commit"]
         assert int(tags["optuna_trial_number"]) == trials[spec.key].number
         assert ("ddgan.train" in tags["rerun_command"]) == (spec.phase == "train")
         assert float(params["train.lr_g"]) == spec.lr and int(params["diffusion.T"]) == spec.T

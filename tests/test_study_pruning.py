@@ -10,8 +10,8 @@ from optuna.trial import TrialState
 from ray.tune.schedulers import TrialScheduler
 
 from study.grid import Plan, Pruner, TrialSpec
-from study.pruning import CellBook, OptunaPrunerScheduler, build_pruner, register_driver
 from study.stores import optuna_storage
+from study.tuning.pruning import CellBook, OptunaPrunerScheduler, build_pruner, register_driver
 
 METRIC = "eval/fd_test_64"
 

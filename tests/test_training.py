@@ -145,11 +145,17 @@ def test_checkpoint_round_trip_gives_identical_samples(tmp_path):
     assert a.min() >= -1 and a.max() <= 1
 
 
+def nan_at(batches, step):
+    """The batches with the `step`-th one NaN (the trainer draws one batch per step): a fault from outside."""
+    for i, batch in enumerate(batches, start=1):
+        yield torch.full_like(batch, float("nan")) if i == step else batch
+
+
 def test_divergence_guard_names_step_and_keeps_checkpoints(tmp_path):
-    cfg = tiny(**{"fault.nan_at_step": 5})
     rec = Recorder()
     with pytest.raises(TrainingDiverged) as info:
-        train(cfg, tmp_path, data=Batches(two_mode_data(32), 8), callbacks=[rec], evaluator=null_evaluator)
+        train(tiny(), tmp_path, data=nan_at(Batches(two_mode_data(32), 8), 5), callbacks=[rec],
+              evaluator=null_evaluator)
     assert info.value.step == 5 and info.value.quantity == "train/d_loss"
     assert "step 5" in str(info.value)
     assert rec.ends == [(5, "diverged")]

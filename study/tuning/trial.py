@@ -12,8 +12,11 @@ A trial:
   3. trains; at every evaluation it logs metrics and sample grids to MLflow, then
      reports the metrics and the checkpoint file to Ray (the scheduler may stop it);
   4. at the last step logs the final EMA model (an export directory) and ends its run.
-Sample trials (the respaced DDPM cells) download the finished model of their source
-trial from MLflow and evaluate it once with S steps.
+Sample trials (the respaced DDPM cells, `ddpm-<sampler>-S<S>`) train nothing: they run
+after the training phase, download the final EMA model that their source trial logged
+to MLflow (an export directory verified against its sha256 manifest), sample it with
+`schedule.respace(S)` and score it with the same evaluator and noise as every trial.
+Faults asked for by the grid (`study.tuning.faults`) are installed around the trainer.
 """
 
 from __future__ import annotations
@@ -24,14 +27,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import ray
 import torch
 from ray import tune
 
 from ddgan.callbacks import Callback, TrainInfo
 from ddgan.checkpoint import latest_checkpoint
-from ddgan.config import Config
+from ddgan.config import Config, save_config
 from ddgan.errors import CheckpointError, ConfigError, TrainingDiverged
-from study.tracking import TrialRun, with_retry
+from ddgan.export import export_checkpoint, load_for_sampling
+from ddgan.methods import schedule_for
+from ddgan.metrics.evaluator import build_evaluator
+from ddgan.sampler import sample_ddpm
+from ddgan.trainer import pick_device, train
+from study.stores.tracking import TrialRun
+from study.tuning.faults import install_faults
 
 FINISHED = ("completed", "pruned")
 
@@ -54,8 +64,6 @@ class TrialContext:
 
 
 def make_evaluator(cfg: Config, ctx: TrialContext, device: torch.device):
-    from ddgan.metrics.evaluator import build_evaluator
-
     data_dir = Path(ctx.data_dir) if ctx.data_dir else None
     return build_evaluator(cfg.eval, data_dir, device, cache_dir=ctx.cache_dir, fid_weights=ctx.fid_weights)
 
@@ -76,7 +84,7 @@ class StudyReporter(Callback):
 
     def on_train_start(self, info: TrainInfo) -> None:
         # Where each attempt started: 0, then the checkpoint step of every resume.
-        starts = with_retry(self.run.client.get_run, self.run.run_id).data.tags.get("start_steps")
+        starts = self.run.client.get_run(self.run.run_id).data.tags.get("start_steps")
         self.run.set_tags(start_steps=f"{starts},{info.start_step}" if starts else str(info.start_step))
         # A first result at once lets the driver stop a trial that it pruned before a restart.
         tune.report({"step": info.start_step, "total_steps": self.total_steps})
@@ -112,8 +120,6 @@ class StudyReporter(Callback):
         tune.report(result, checkpoint=tune.Checkpoint.from_directory(str(staged)))
 
     def _log_final_model(self, checkpoint: Path, metrics: dict[str, float]) -> None:
-        from ddgan.export import export_checkpoint
-
         export_dir = self.work_dir / "export"
         shutil.rmtree(export_dir, ignore_errors=True)
         export_checkpoint(checkpoint, export_dir, metrics=metrics)
@@ -162,7 +168,7 @@ def _restore_from_ray(work_dir: Path) -> Path | None:
 
 def _replay_finished(run: TrialRun, previous: dict[str, str], total: int) -> None:
     """The run already ended (driver restarted before Ray saved that): report its last values."""
-    latest = with_retry(run.client.get_run, run.run_id).data.metrics
+    latest = run.client.get_run(run.run_id).data.metrics
     tune.report({"step": int(previous.get("final_step", total)), "total_steps": total, **latest})
     status = previous["status"]
     run.finish(status, "FINISHED" if status == "completed" else "KILLED")
@@ -176,10 +182,9 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
     torch.set_num_threads(max(1, int(context.cpus_per_trial)))
     run = TrialRun(context.mlflow_uri, context.run_ids[key])
     tune_ctx = tune.get_context()
-    import ray
-
     # ray_node_id: the node of the latest attempt (a retry after a lost node runs elsewhere).
-    previous = run.open(ray_trial_id=tune_ctx.get_trial_id(), optuna_trial_number=context.optuna_numbers.get(key),
+    previous = run.open(ray_trial=f"{tune_ctx.get_experiment_name()}/{tune_ctx.get_trial_name()}",
+                        optuna_trial_number=context.optuna_numbers.get(key),
                         ray_node_id=ray.get_runtime_context().get_node_id())
     total = int(spec["total_steps"])
     if previous.get("status") in FINISHED:
@@ -193,25 +198,46 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
     work_dir.mkdir(parents=True, exist_ok=True)
     reporter = StudyReporter(run, context.metric, total, work_dir)
     if spec["phase"] == "sample":
-        from study.sampling import run_sample_trial
-
-        run_sample_trial(spec, cfg, context, run, reporter, work_dir)
-        return
-    _train(cfg, context, run, reporter, work_dir)
+        _sample(spec, cfg, context, run, reporter, work_dir)
+    else:
+        _train(spec, cfg, context, run, reporter, work_dir)
 
 
-def _train(cfg: Config, context: TrialContext, run: TrialRun, reporter: StudyReporter, work_dir: Path) -> None:
-    from ddgan.trainer import pick_device, train
-
+def _train(spec: dict[str, Any], cfg: Config, context: TrialContext, run: TrialRun, reporter: StudyReporter,
+           work_dir: Path) -> None:
     resume = _restore_from_ray(work_dir)
-    run.log_artifact(_write_config(cfg, work_dir), None)
-    evaluator = make_evaluator(cfg, context, pick_device(cfg.train.device))
+    run.log_artifact(save_config(cfg, work_dir / "config.yaml"), None)
+    device = pick_device(cfg.train.device)
+    evaluator = make_evaluator(cfg, context, device)
     run.set_tags(**protocol_tags(evaluator))
     data_dir = Path(context.data_dir) if context.data_dir else None
-    train(cfg, work_dir, callbacks=[reporter], evaluator=evaluator, resume_from=resume, data_dir=data_dir)
+    data, faults = install_faults(spec.get("faults") or {}, cfg, device, data_dir, work_dir)
+    train(cfg, work_dir, data=data, callbacks=[reporter, *faults], evaluator=evaluator, resume_from=resume,
+          data_dir=data_dir)
 
 
-def _write_config(cfg: Config, work_dir: Path) -> Path:
-    from ddgan.config import save_config
+def _sample(spec: dict[str, Any], cfg: Config, context: TrialContext, run: TrialRun, reporter: StudyReporter,
+            work_dir: Path) -> None:
+    """Evaluate the source trial's model once; log to MLflow and report to Ray as the final step."""
+    try:
+        model_dir = run.download(context.run_ids[spec["source"]], "model", work_dir / "source")
+    except Exception as err:  # MLflow raises its own types for a missing artifact
+        raise CheckpointError(f"trial {spec['source']!r} logged no final model (did it complete?): "
+                              f"{type(err).__name__}") from None
+    device = pick_device(cfg.train.device)
+    model_cfg, denoiser = load_for_sampling(model_dir, device)
+    schedule = schedule_for(model_cfg)
+    steps = int(spec["sampling_steps"])
+    if steps < schedule.T:
+        schedule = schedule.respace(steps)
 
-    return save_config(cfg, work_dir / "config.yaml")
+    def sample_fn(n, torch_generator):
+        return sample_ddpm(denoiser, schedule, n, torch_generator=torch_generator, device=device,
+                           method=spec["sampler"])
+
+    evaluator = make_evaluator(cfg, context, device)
+    run.set_tags(**protocol_tags(evaluator))
+    step = int(spec["total_steps"])
+    metrics, artifacts = evaluator(sample_fn, step, work_dir / "samples", final=True)
+    reporter.on_eval(step, metrics, artifacts, None)
+    reporter.on_train_end(step, "completed")

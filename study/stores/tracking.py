@@ -17,39 +17,22 @@ RUNNING) and logs every result key as a metric. Instead:
 Tags on every trial run: study, trial_key, cell, phase, method, loss, T, lr, seed,
 status (pending | running | completed | pruned | failed), ray_trial_id,
 optuna_trial_number, git_commit, rerun_command; plus pruned_at_step / failure_reason.
-SQLite allows one writer at a time: every call retries with backoff when the database
-is locked.
+Every call goes through `MlflowStore` (retries while SQLite is locked).
 """
 
 from __future__ import annotations
 
-import random
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from mlflow.entities import Metric, Param, RunTag
-from mlflow.tracking import MlflowClient
 
 from ddgan.config import flatten
+from study.stores.mlflow_client import MlflowStore
 
-T = TypeVar("T")
 MAX_PARAM_CHARS = 6000
-_RETRIES = 12
-
-
-def with_retry(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """Call `fn`, retrying with jittered backoff while SQLite reports a lock."""
-    for attempt in range(_RETRIES):
-        try:
-            return fn(*args, **kwargs)
-        except Exception as err:  # MlflowException wraps sqlalchemy's OperationalError
-            text = str(err).lower()
-            if attempt == _RETRIES - 1 or not any(s in text for s in ("locked", "busy", "could not serialize")):
-                raise
-            time.sleep(min(0.05 * 2**attempt, 2.0) * (0.5 + random.random()))
-    raise AssertionError("unreachable")
 
 
 def _tags(values: dict[str, Any]) -> list[RunTag]:
@@ -60,123 +43,95 @@ def _params(config: dict[str, Any]) -> list[Param]:
     return [Param(k, str(v)[:MAX_PARAM_CHARS]) for k, v in sorted(flatten(config).items())]
 
 
-def quiet_run_urls(uri: str) -> None:
-    """MLflow prints "View run ... at: <tracking URI>" when a run ends, password included:
-    turn that off for a URI with credentials (the study prints its own, masked)."""
-    import os
-
-    from study.stores import mask_uri
-
-    if mask_uri(uri) != uri:
-        os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
-
-
 class Tracker:
     """Driver-side MLflow access: experiment, parent run, trial runs, final statuses."""
 
     def __init__(self, uri: str, artifact_root: str | None = None):
         self.uri, self.artifact_root = uri, artifact_root
-        quiet_run_urls(uri)
-        self.client = MlflowClient(tracking_uri=uri)
+        self.client = MlflowStore(uri)
 
     def experiment(self, study: str) -> str:
-        found = with_retry(self.client.get_experiment_by_name, study)
+        found = self.client.get_experiment_by_name(study)
         if found is not None:
             return found.experiment_id
         location = f"{self.artifact_root}/{study}" if self.artifact_root else None
-        return with_retry(self.client.create_experiment, study, artifact_location=location)
-
-    def _search(self, experiment_id: str, filter_string: str) -> list:
-        runs, token = [], None
-        while True:
-            page = with_retry(self.client.search_runs, [experiment_id], filter_string, max_results=1000,
-                              page_token=token, order_by=["attributes.start_time ASC"])
-            runs.extend(page)
-            token = page.token
-            if not token:
-                return runs
+        return self.client.create_experiment(study, artifact_location=location)
 
     def parent_run(self, experiment_id: str, study: str, tags: dict[str, Any]) -> str:
-        found = self._search(experiment_id, "tags.role = 'study'")
+        found = self.client.search_all([experiment_id], "tags.role = 'study'")
         if found:
             run_id = found[0].info.run_id
-            with_retry(self.client.update_run, run_id, status="RUNNING")
-            with_retry(self.client.log_batch, run_id, tags=_tags(tags))
+            self.client.update_run(run_id, status="RUNNING")
+            self.client.log_batch(run_id, tags=_tags(tags))
             return run_id
-        run = with_retry(self.client.create_run, experiment_id, run_name=study,
-                         tags={"role": "study", "study": study, **{k: str(v) for k, v in tags.items()}})
+        run = self.client.create_run(experiment_id, run_name=study,
+                                     tags={"role": "study", "study": study, **{k: str(v) for k, v in tags.items()}})
         return run.info.run_id
 
     def trial_runs(self, experiment_id: str, parent_id: str, trials: Iterable[tuple[str, dict, dict]]) -> dict[str, str]:
         """Find or create one nested run per (key, tags, resolved config); returns key -> run id."""
         existing: dict[str, str] = {}
-        for run in self._search(experiment_id, "tags.role = 'trial'"):
+        for run in self.client.search_all([experiment_id], "tags.role = 'trial'"):
             existing.setdefault(run.data.tags.get("trial_key"), run.info.run_id)  # oldest wins
         out = {}
         for key, tags, config in trials:
             run_id = existing.get(key)
             if run_id is None:
-                run = with_retry(self.client.create_run, experiment_id, run_name=key, tags={
+                run = self.client.create_run(experiment_id, run_name=key, tags={
                     "mlflow.parentRunId": parent_id, "role": "trial", "trial_key": key, "status": "pending",
                     **{k: str(v) for k, v in tags.items() if v is not None}})
                 run_id = run.info.run_id
                 params = _params(config)
                 for i in range(0, len(params), 100):
-                    with_retry(self.client.log_batch, run_id, params=params[i:i + 100])
-                with_retry(self.client.update_run, run_id, status="SCHEDULED")
+                    self.client.log_batch(run_id, params=params[i:i + 100])
+                self.client.update_run(run_id, status="SCHEDULED")
             else:
-                with_retry(self.client.log_batch, run_id, tags=_tags({k: v for k, v in tags.items()
-                                                                     if k in ("git_commit", "rerun_command")}))
+                kept = {k: v for k, v in tags.items() if k in ("git_commit", "rerun_command")}
+                self.client.log_batch(run_id, tags=_tags(kept))
             out[key] = run_id
         return out
 
     def mark(self, run_id: str, status: str, run_status: str | None = None, **tags: Any) -> None:
         """Set `status` (+ tags) and, if given, end the run with `run_status` (FINISHED/FAILED/KILLED)."""
-        with_retry(self.client.log_batch, run_id, tags=_tags({"status": status, **tags}))
+        self.client.log_batch(run_id, tags=_tags({"status": status, **tags}))
         if run_status is not None:
-            with_retry(self.client.set_terminated, run_id, status=run_status)
+            self.client.set_terminated(run_id, status=run_status)
 
     def tags(self, run_id: str) -> dict[str, str]:
-        return dict(with_retry(self.client.get_run, run_id).data.tags)
+        return dict(self.client.get_run(run_id).data.tags)
 
     def finish_parent(self, run_id: str, counts: dict[str, int], extra: dict[str, Any] | None = None) -> None:
         tags = {**{f"trials_{k}": v for k, v in counts.items()}, **(extra or {})}
-        with_retry(self.client.log_batch, run_id, tags=_tags(tags))
-        with_retry(self.client.set_terminated, run_id, status="FINISHED")
+        self.client.log_batch(run_id, tags=_tags(tags))
+        self.client.set_terminated(run_id, status="FINISHED")
 
 
 class TrialRun:
     """Trial-side MLflow access to the trial's own run (reopened by id on every attempt)."""
 
     def __init__(self, uri: str, run_id: str):
-        quiet_run_urls(uri)
-        self.client = MlflowClient(tracking_uri=uri)
+        self.client = MlflowStore(uri)
         self.run_id = run_id
         self.logged: dict[str, set[int]] = {}
 
     def open(self, **tags: Any) -> dict[str, str]:
         """Mark the run RUNNING, set tags, learn the logged steps; returns the run's previous tags."""
-        run = with_retry(self.client.get_run, self.run_id)
+        run = self.client.get_run(self.run_id)
         previous = dict(run.data.tags)
         for key in run.data.metrics:
-            history = with_retry(self.client.get_metric_history, self.run_id, key)
+            history = self.client.get_metric_history(self.run_id, key)
             self.logged[key] = {m.step for m in history}
         attempt = int(previous.get("attempts", "0")) + 1
-        with_retry(self.client.update_run, self.run_id, status="RUNNING")
-        with_retry(self.client.log_batch, self.run_id,
-                   tags=_tags({"status": "running", "attempts": attempt, **tags}))
+        self.client.update_run(self.run_id, status="RUNNING")
+        self.client.log_batch(self.run_id, tags=_tags({"status": "running", "attempts": attempt, **tags}))
         return previous
-
-    def last_step(self, key: str) -> int | None:
-        steps = self.logged.get(key)
-        return max(steps) if steps else None
 
     def log_metrics(self, step: int, metrics: dict[str, float]) -> int:
         """Log the metrics not yet logged at `step`; returns how many were new."""
         now = int(time.time() * 1000)
         new = [Metric(k, float(v), now, step) for k, v in metrics.items() if step not in self.logged.get(k, set())]
         for i in range(0, len(new), 200):
-            with_retry(self.client.log_batch, self.run_id, metrics=new[i:i + 200])
+            self.client.log_batch(self.run_id, metrics=new[i:i + 200])
         for m in new:
             self.logged.setdefault(m.key, set()).add(step)
         return len(new)
@@ -184,17 +139,17 @@ class TrialRun:
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         path = Path(path)
         if path.is_dir():
-            with_retry(self.client.log_artifacts, self.run_id, str(path), artifact_path)
+            self.client.log_artifacts(self.run_id, str(path), artifact_path)
         else:
-            with_retry(self.client.log_artifact, self.run_id, str(path), artifact_path)
+            self.client.log_artifact(self.run_id, str(path), artifact_path)
 
     def download(self, run_id: str, artifact_path: str, dst: str | Path) -> Path:
         Path(dst).mkdir(parents=True, exist_ok=True)
-        return Path(with_retry(self.client.download_artifacts, run_id, artifact_path, str(dst)))
+        return Path(self.client.download_artifacts(run_id, artifact_path, str(dst)))
 
     def set_tags(self, **tags: Any) -> None:
-        with_retry(self.client.log_batch, self.run_id, tags=_tags(tags))
+        self.client.log_batch(self.run_id, tags=_tags(tags))
 
     def finish(self, status: str, run_status: str, **tags: Any) -> None:
-        with_retry(self.client.log_batch, self.run_id, tags=_tags({"status": status, **tags}))
-        with_retry(self.client.set_terminated, self.run_id, status=run_status)
+        self.client.log_batch(self.run_id, tags=_tags({"status": status, **tags}))
+        self.client.set_terminated(self.run_id, status=run_status)

@@ -101,12 +101,17 @@ def build_pruner(spec: Pruner, first_eval: int) -> BasePruner:
 class OptunaTrialRef:
     cell: str
     study_name: str
-    trial_id: int
-    number: int
+    trial_id: int  # the storage's id (`BaseStorage.get_trial`), unique across studies
+    number: int  # within its cell's study
 
 
 class CellBook:
-    """The driver's Optuna bookkeeping: find-or-create one Optuna trial per study trial (by key)."""
+    """The driver's Optuna bookkeeping: find-or-create one Optuna trial per study trial (by key).
+
+    Only public Optuna APIs: `create_study`, `Study.ask/tell/get_trials` and the storage's
+    interface (`BaseStorage.get_trial`, `set_trial_intermediate_value`, ...); the pruner is
+    asked through `BasePruner.prune(study, trial)`, as `Trial.should_prune` would.
+    """
 
     def __init__(self, storage: optuna.storages.BaseStorage, study: str, mode: str, pruner: BasePruner):
         self.storage, self.study, self.pruner = storage, study, pruner
@@ -129,16 +134,18 @@ class CellBook:
         for cell, specs in plan.cells().items():
             study = self.optuna_study(cell)
             study.set_user_attr("metric", plan.grid.metric)
-            existing = {t.user_attrs.get("trial_key"): t for t in study.get_trials(deepcopy=False)}
+            study_id = self.storage.get_study_id_from_name(study.study_name)
+            existing = {t.user_attrs.get("trial_key"): t.number for t in study.get_trials(deepcopy=False)}
             for spec in specs:
-                frozen = existing.get(spec.key)
-                if frozen is None:
-                    frozen = self._create(study, spec)
-                self.refs[spec.key] = OptunaTrialRef(cell, study.study_name, frozen._trial_id, frozen.number)
+                number = existing.get(spec.key)
+                if number is None:
+                    number = self._create(study, spec)
+                trial_id = self.storage.get_trial_id_from_study_id_trial_number(study_id, number)
+                self.refs[spec.key] = OptunaTrialRef(cell, study.study_name, trial_id, number)
         return self.refs
 
     @staticmethod
-    def _create(study: optuna.Study, spec: TrialSpec) -> FrozenTrial:
+    def _create(study: optuna.Study, spec: TrialSpec) -> int:
         # Fixed one-point distributions: the grid, not a sampler, chooses the values.
         dists = {"lr": optuna.distributions.FloatDistribution(spec.lr, spec.lr),
                  "seed": optuna.distributions.IntDistribution(spec.seed, spec.seed)}
@@ -146,7 +153,7 @@ class CellBook:
         for name, value in (("trial_key", spec.key), ("cell", spec.cell), ("phase", spec.phase),
                             ("total_steps", spec.total_steps)):
             trial.set_user_attr(name, value)
-        return study._storage.get_trial(trial._trial_id)
+        return trial.number
 
     def frozen(self, key: str) -> FrozenTrial:
         return self.storage.get_trial(self.refs[key].trial_id)
@@ -156,9 +163,8 @@ class CellBook:
         frozen = self.frozen(key)
         if frozen.state.is_finished() or step in frozen.intermediate_values:
             return None
-        trial = optuna.trial.Trial(self.optuna_study(self.refs[key].cell), self.refs[key].trial_id)
-        trial.report(value, step)
-        return trial.should_prune()
+        self.storage.set_trial_intermediate_value(self.refs[key].trial_id, step, value)
+        return self.pruner.prune(self.optuna_study(self.refs[key].cell), self.frozen(key))
 
     def finish(self, key: str, state: TrialState, value: float | None = None, **attrs: Any) -> bool:
         """Move the trial to a final state once; False when it already was final."""

@@ -1,7 +1,7 @@
 """Read one study back from MLflow: the parent run, one summary row per trial, metric histories.
 
 Everything the report and the export show comes from here, so their numbers are the
-MLflow values (`mlflow.search_runs` into pandas; final metrics are MLflow's latest values).
+MLflow values (`MlflowStore.runs_frame`; final metrics are MLflow's latest values).
 The layout it reads is the one `study.tracking` writes: an experiment named after the
 study, a parent run tagged `role=study`, one nested run per trial tagged `role=trial`
 with `trial_key`, `cell`, `phase`, `method`, `loss`, `T`, `lr`, `seed`, `status`, ...
@@ -12,20 +12,15 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from mlflow.tracking import MlflowClient
 
 from ddgan.errors import UsageError
-from study.stores import mask_uri
-from study.tracking import with_retry
+from study.stores import MlflowStore, mask_uri
 
 UNFINISHED = ("pending", "running")
 # Columns of summary.csv, in order; eval/* and train/* metric columns follow `metric`.
@@ -49,7 +44,7 @@ class StudyRuns:
     mode: str  # "min" | "max"
     histories: dict[str, pd.DataFrame] = field(default_factory=dict)  # run_id -> (step, value) of `metric`
     planned: list[str] | None = None  # trial keys of the plan file, when it was readable
-    raw: pd.DataFrame = field(default_factory=pd.DataFrame)  # mlflow.search_runs of the trial runs
+    raw: pd.DataFrame = field(default_factory=pd.DataFrame)  # MlflowStore.runs_frame of the trial runs
 
     def run_values(self, prefix: str) -> list[dict[str, str]]:
         """Per trial run, its tags ("tags.") or params ("params.") as a plain dict."""
@@ -58,8 +53,8 @@ class StudyRuns:
                 for row in self.raw[columns].to_dict("records")]
 
     @property
-    def client(self) -> MlflowClient:
-        return MlflowClient(tracking_uri=self.uri)
+    def store(self) -> MlflowStore:
+        return MlflowStore(self.uri)
 
     def better(self, a: float, b: float) -> bool:
         return a < b if self.mode == "min" else a > b
@@ -67,10 +62,10 @@ class StudyRuns:
 
 def list_studies(uri: str) -> list[str]:
     """Names of the experiments that hold a study parent run."""
-    client = MlflowClient(tracking_uri=uri)
+    store = MlflowStore(uri)
     names = []
-    for experiment in with_retry(client.search_experiments):
-        if with_retry(client.search_runs, [experiment.experiment_id], "tags.role = 'study'", max_results=1):
+    for experiment in store.search_experiments():
+        if store.search_runs([experiment.experiment_id], "tags.role = 'study'", max_results=1):
             names.append(experiment.name)
     return sorted(names)
 
@@ -87,41 +82,6 @@ def pick_study(uri: str, study: str | None) -> str:
         listed = ", ".join(studies) or "none"
         raise UsageError(f"pass --study NAME: MLflow {mask_uri(uri)} holds {len(studies)} studies ({listed})")
     return studies[0]
-
-
-def quiet_downloads() -> None:
-    """No tqdm bars from MLflow artifact downloads in the report's and export's output."""
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-
-
-@contextmanager
-def using_mlflow(uri: str, experiment_id: str | None = None) -> Iterator[None]:
-    """MLflow's fluent API (search_runs, log_model) on `uri` / `experiment_id`, restoring the
-    process-wide tracking URI and active experiment afterwards (tests and callers keep theirs)."""
-    import mlflow
-    from mlflow.tracking import _tracking_service, fluent
-
-    saved_uri = getattr(_tracking_service.utils, "_tracking_uri", None)
-    saved_env = os.environ.get("MLFLOW_TRACKING_URI")
-    saved_experiment = getattr(fluent, "_active_experiment_id", None)
-    mlflow.set_tracking_uri(uri)  # also exports MLFLOW_TRACKING_URI
-    try:
-        if experiment_id is not None:
-            mlflow.set_experiment(experiment_id=experiment_id)
-        yield
-    finally:
-        mlflow.set_tracking_uri(saved_uri)  # None: back to unset (and the variable removed)
-        if saved_env is not None:
-            os.environ["MLFLOW_TRACKING_URI"] = saved_env
-        fluent._active_experiment_id = saved_experiment
-
-
-def _search_frame(uri: str, experiment_id: str, filter_string: str) -> pd.DataFrame:
-    import mlflow
-
-    with using_mlflow(uri):
-        return with_retry(mlflow.search_runs, experiment_ids=[experiment_id], filter_string=filter_string,
-                          max_results=100_000, output_format="pandas")
 
 
 def _number(value: Any, kind=float) -> Any:
@@ -179,8 +139,8 @@ def _last_step(row: pd.Series, history: pd.DataFrame) -> int | None:
     return int(history["step"].max()) if len(history) else None
 
 
-def _history(client: MlflowClient, run_id: str, metric: str) -> pd.DataFrame:
-    points = with_retry(client.get_metric_history, run_id, metric)
+def _history(store: MlflowStore, run_id: str, metric: str) -> pd.DataFrame:
+    points = store.get_metric_history(run_id, metric)
     frame = pd.DataFrame([(m.step, m.value) for m in points], columns=["step", "value"])
     return frame.sort_values("step").drop_duplicates("step", keep="last").reset_index(drop=True)
 
@@ -244,18 +204,16 @@ def _plan_keys(plan_file: Path | None) -> list[str] | None:
 def load_study(uri: str, study: str | None = None, plan_file: Path | None = None) -> StudyRuns:
     """Read the study's parent run, its trial runs (into the summary frame) and metric histories."""
     study = pick_study(uri, study)
-    client = MlflowClient(tracking_uri=uri)
-    experiment_id = with_retry(client.get_experiment_by_name, study).experiment_id
-    parents = with_retry(client.search_runs, [experiment_id], "tags.role = 'study'",
-                         order_by=["attributes.start_time ASC"])
-    parent = parents[0]
-    trials = _search_frame(uri, experiment_id, "tags.role = 'trial'")
+    store = MlflowStore(uri)
+    experiment_id = store.get_experiment_by_name(study).experiment_id
+    parent = store.search_all([experiment_id], "tags.role = 'study'")[0]
+    trials = store.runs_frame(experiment_id, "tags.role = 'trial'")
     tags = dict(parent.data.tags)
     metric = tags.get("metric") or _common_tag(trials, "tags.metric")
     if not metric:
         raise UsageError(f"study {study!r}: neither the parent run nor the trials name the study's metric")
     mode = tags.get("mode", "min")
-    histories = {run_id: _history(client, run_id, metric) for run_id in trials.get("run_id", [])}
+    histories = {run_id: _history(store, run_id, metric) for run_id in trials.get("run_id", [])}
     summary = _summary(trials, histories, metric) if len(trials) else pd.DataFrame(
         columns=ID_COLUMNS + [metric] + TAIL_COLUMNS)
     parent_info = {"run_id": parent.info.run_id, "status": parent.info.status, "tags": tags,

@@ -1,38 +1,20 @@
-"""CLI: `python -m study.report [--study NAME] [--out results/NAME]` — tables and figures from MLflow.
-
-Writes into --out (default `<results-dir>/<study>`): summary.csv (one row per trial),
-best_by_cell.csv (per cell the best learning rate; mean and 95% interval over seeds),
-REPORT.md and the figures. Works on a study that is still running or partly pruned:
-REPORT.md then lists what is missing. Reads only; never changes a run. A hand-written
-`discussion.md` in --out, if present, becomes REPORT.md's "Discussion" section.
-"""
+"""The report, assembled: read the study (`data`), compute the tables (`tables`), draw the
+figures (`figures`), list what is missing and write REPORT.md (`markdown`) and the CSVs."""
 
 from __future__ import annotations
 
-import argparse
-import shlex
-import sys
 import tempfile
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
 import pandas as pd
 
-from ddgan.cli import run_cli
 from ddgan.errors import UsageError
-from study import figures as fig
-from study.report_data import (
-    StudyRuns,
-    load_study,
-    pick_study,
-    protocol_rows,
-    provenance,
-    quiet_downloads,
-)
-from study.report_markdown import render
-from study.report_tables import (
+from study.report import figures as fig
+from study.report.data import StudyRuns, load_study, pick_study, protocol_rows, provenance
+from study.report.markdown import render
+from study.report.tables import (
     best_by_cell,
     cell_label,
     duplicated_by_sampling_cell,
@@ -40,8 +22,8 @@ from study.report_tables import (
     speed_reference,
     speed_table,
 )
-from study.stores import mask_uri, normalize_mlflow_uri, resolve_stores
-from study.tracking import with_retry
+from study.stores import mask_uri, resolve_stores
+from study.stores.mlflow_client import quiet_downloads
 
 
 @dataclass
@@ -51,29 +33,18 @@ class Report:
     missing: list[str] = field(default_factory=list)
 
 
-def mlflow_uri_for(results_dir: str | Path, mlflow_uri: str | None) -> str:
-    """The given URI, else the embedded store `<results_dir>/mlflow.db` (which must exist)."""
-    if mlflow_uri:
-        return normalize_mlflow_uri(mlflow_uri)
-    db = Path(results_dir).expanduser().resolve() / "mlflow.db"
-    if not db.is_file():
-        raise UsageError(f"no MLflow store at {str(db)!r}: run `python -m study.run` first, "
-                         "or pass --results-dir / --mlflow-uri")
-    return f"sqlite:///{db}"
-
-
 # -- sample grids ---------------------------------------------------------------------------------
 
 
 def _final_grid(runs: StudyRuns, run_id: str, dst: Path) -> Path | None:
     """Download the run's last `samples/samples_step*.png`; None if it logged none."""
     quiet_downloads()
-    client = runs.client
+    store = runs.store
     try:
-        grids = [f.path for f in with_retry(client.list_artifacts, run_id, "samples") if f.path.endswith(".png")]
+        grids = [f.path for f in store.list_artifacts(run_id, "samples") if f.path.endswith(".png")]
         if not grids:
             return None
-        return Path(with_retry(client.download_artifacts, run_id, max(grids), str(dst)))
+        return Path(store.download_artifacts(run_id, max(grids), str(dst)))
     except Exception:  # an unreachable artifact store must not stop the report
         return None
 
@@ -206,28 +177,3 @@ def build_report(mlflow_uri: str, study: str | None, out: str | Path | None = No
     report.files = [out / "summary.csv", out / "best_by_cell.csv", out / "REPORT.md"]
     report.files += [out / name for name in figures.values() if name]
     return report
-
-
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m study.report", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--study", default=None, help="study name (default: the only study in the store)")
-    p.add_argument("--out", default=None, help="output directory (default: <results-dir>/<study>)")
-    p.add_argument("--results-dir", default="results", help="where the embedded stores live (default: results)")
-    p.add_argument("--mlflow-uri", default=None, help="MLflow tracking URI (default: sqlite:///<results-dir>/mlflow.db)")
-    return p.parse_args(argv)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    uri = mlflow_uri_for(args.results_dir, args.mlflow_uri)
-    command = shlex.join(["python", "-m", "study.report", *(sys.argv[1:] if argv is None else argv)])
-    report = build_report(uri, args.study, args.out, args.results_dir, command)
-    print(f"wrote {len(report.files)} files to {report.out}: " + ", ".join(p.name for p in report.files))
-    for note in report.missing:
-        print(f"missing: {note}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(run_cli(main))

@@ -1,4 +1,4 @@
-"""Where a study keeps its state: MLflow, Optuna, Ray storage. Defaults, validation, preflight.
+"""Where a study keeps its state: MLflow, Optuna, Ray storage. Defaults and validation.
 
 Embedded default (no servers), everything under `--results-dir` (default `results/`):
 
@@ -13,25 +13,19 @@ directory, where a relative `sqlite:///mlflow.db` would silently create a new st
 On a cluster the same code takes `--mlflow-uri http://...`, `--optuna-storage
 postgresql://...` and `--storage-path` (a shared filesystem or s3://).
 
-`preflight` checks every store is reachable and writable *before* anything is
-started (servers are probed with a short timeout); `init_stores` then creates the
-databases once, in the driver (concurrent first-time migrations from trials fail).
-URIs are shown with their passwords masked everywhere (`mask_uri`).
+Nothing here touches a store (`study.stores.connect` does). URIs are shown with their
+passwords masked everywhere (`mask_uri`).
 """
 
 from __future__ import annotations
 
-import os
 import re
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from ddgan.errors import UsageError
 
-PROBE_TIMEOUT_S = 5.0
 MLFLOW_SCHEMES = ("sqlite", "http", "https", "postgresql", "mysql", "mssql")
 OPTUNA_SCHEMES = ("sqlite", "postgresql", "mysql", "journal")
 REMOTE_STORAGE_SCHEMES = ("s3", "gs", "gcs", "hdfs", "abfs", "az")
@@ -81,11 +75,11 @@ def mask_uri(uri: str) -> str:
     return _SECRET_QUERY.sub(r"\1=***", _USERINFO.sub(r"\1:***@", uri))
 
 
-def _scheme(uri: str) -> str:
+def scheme_of(uri: str) -> str:
     return uri.split("://", 1)[0].split("+", 1)[0].lower() if "://" in uri else ""
 
 
-def _sqlite_path(uri: str, what: str) -> Path:
+def sqlite_path(uri: str, what: str) -> Path:
     """sqlite:///rel.db -> absolute Path; sqlite:////abs.db -> Path."""
     path = uri.split("://", 1)[1]
     if not path.startswith("/") or path in ("/", "/:memory:"):
@@ -121,25 +115,25 @@ def postgres_driver(url: str) -> str:
 
 def normalize_mlflow_uri(uri: str) -> str:
     """Validate an MLflow tracking URI; make sqlite paths absolute."""
-    scheme = _scheme(uri)
+    scheme = scheme_of(uri)
     if scheme not in MLFLOW_SCHEMES:
         hint = " (MLflow 3 refuses new file stores; use sqlite:///path.db)" if uri.startswith(("file:", "/", ".")) else ""
         raise UsageError(f"malformed MLflow URI {mask_uri(uri)!r}: scheme must be one of "
                          f"{', '.join(MLFLOW_SCHEMES)}{hint}")
     if scheme == "sqlite":
-        return f"sqlite:///{_sqlite_path(uri, 'MLflow URI')}"
+        return f"sqlite:///{sqlite_path(uri, 'MLflow URI')}"
     _check_server_uri(uri, "MLflow URI")
     return postgres_driver(uri)
 
 
 def normalize_optuna_url(url: str) -> str:
     """Validate an Optuna storage URL (RDB or `journal:///path.log`); make file paths absolute."""
-    scheme = _scheme(url)
+    scheme = scheme_of(url)
     if scheme not in OPTUNA_SCHEMES:
         raise UsageError(f"malformed Optuna storage {mask_uri(url)!r}: scheme must be one of "
                          f"{', '.join(OPTUNA_SCHEMES)} (e.g. postgresql://user:pass@host/db)")
     if scheme in ("sqlite", "journal"):
-        return f"{scheme}:///{_sqlite_path(url, 'Optuna storage')}"
+        return f"{scheme}:///{sqlite_path(url, 'Optuna storage')}"
     _check_server_uri(url, "Optuna storage")
     return postgres_driver(url)
 
@@ -163,7 +157,7 @@ def resolve_stores(study: str, results_dir: str | Path = "results", *, mlflow_ur
     results = Path(results_dir).expanduser().resolve()
     study_dir = results / study
     mlflow = normalize_mlflow_uri(mlflow_uri) if mlflow_uri else f"sqlite:///{results / 'mlflow.db'}"
-    artifact_root = (results / "mlartifacts").as_uri() if _scheme(mlflow) not in ("http", "https") else None
+    artifact_root = (results / "mlartifacts").as_uri() if scheme_of(mlflow) not in ("http", "https") else None
     optuna_url = normalize_optuna_url(optuna_storage) if optuna_storage else f"sqlite:///{study_dir / 'optuna.db'}"
     ray_storage = normalize_storage_path(storage_path) if storage_path else str(study_dir / "ray")
     if address is not None and not (address == "auto" or re.match(r"^(ray://)?[\w.-]+:\d+$", address)):
@@ -171,122 +165,12 @@ def resolve_stores(study: str, results_dir: str | Path = "results", *, mlflow_ur
     return Stores(study, results, mlflow, artifact_root, optuna_url, ray_storage, address)
 
 
-# -- preflight --------------------------------------------------------------------------------
-
-
-def _check_writable_dir(path: Path, what: str) -> None:
-    """The nearest existing ancestor must be a writable directory (nothing is created)."""
-    probe = path
-    while not probe.exists():
-        if probe.parent == probe:
-            break
-        probe = probe.parent
-    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
-        raise UsageError(f"{what} {str(path)!r} is not writable")
-
-
-def _http_request(uri: str, path: str) -> urllib.request.Request:
-    """GET `uri + path` with the credentials MLflow's client would send (URL user:password,
-    else $MLFLOW_TRACKING_USERNAME/PASSWORD or $MLFLOW_TRACKING_TOKEN); urllib itself cannot
-    parse a user:password in the URL."""
-    import base64
-    from urllib.parse import unquote
-
-    parts = urlsplit(uri)
-    headers = {}
-    user, password = parts.username, parts.password
-    if user is None and os.environ.get("MLFLOW_TRACKING_USERNAME"):
-        user, password = os.environ["MLFLOW_TRACKING_USERNAME"], os.environ.get("MLFLOW_TRACKING_PASSWORD", "")
-    elif user is not None:
-        user, password = unquote(user), unquote(password or "")
-    if user is not None:
-        headers["Authorization"] = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
-    elif os.environ.get("MLFLOW_TRACKING_TOKEN"):
-        headers["Authorization"] = f"Bearer {os.environ['MLFLOW_TRACKING_TOKEN']}"
-    base = urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2])).rstrip("/")
-    return urllib.request.Request(base + path, headers=headers)
-
-
-def _probe_http(uri: str, what: str, timeout: float) -> None:
-    """One authenticated GET (`/health` is open even on servers with auth, so it would not
-    catch bad credentials): unreachable, refused credentials and non-MLflow servers fail here."""
-    request = _http_request(uri, "/api/2.0/mlflow/experiments/search?max_results=1")
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 (http(s) only)
-            response.read(64)
-    except urllib.error.HTTPError as err:
-        if err.code in (401, 403):
-            raise UsageError(f"{what} {mask_uri(uri)} refused the credentials (HTTP {err.code})") from None
-        hint = " (not an MLflow tracking server?)" if err.code == 404 else ""
-        raise UsageError(f"{what} {mask_uri(uri)} answered HTTP {err.code}{hint}") from None
-    except (TimeoutError, urllib.error.URLError, ConnectionError, OSError) as err:
-        reason = getattr(err, "reason", err)
-        raise UsageError(f"{what} {mask_uri(uri)} is unreachable ({reason})") from None
-
-
-def _probe_database(url: str, what: str, timeout: float) -> None:
-    import sqlalchemy
-
-    scheme = _scheme(url)
-    connect_args = {"connect_timeout": int(max(timeout, 1))} if scheme in ("postgresql", "mysql") else {}
-    try:
-        engine = sqlalchemy.create_engine(url, connect_args=connect_args, poolclass=sqlalchemy.pool.NullPool)
-        with engine.connect() as conn:
-            conn.execute(sqlalchemy.text("SELECT 1"))
-        engine.dispose()
-    except ModuleNotFoundError as err:
-        raise UsageError(f"{what} {mask_uri(url)} needs the database driver {err.name!r} "
-                         "(pip install -e .[cluster])") from None
-    except Exception as err:  # sqlalchemy wraps every driver error; keep one masked line
-        first = str(getattr(err, "orig", err)).strip().splitlines()
-        detail = first[0] if first else type(err).__name__
-        refused = any(s in detail.lower() for s in ("authentication failed", "access denied"))
-        verdict = "refused the credentials" if refused else "is unreachable"
-        raise UsageError(f"{what} {mask_uri(url)} {verdict} ({mask_uri(detail)[:200]})") from None
-
-
-def preflight(stores: Stores, timeout: float = PROBE_TIMEOUT_S) -> None:
-    """Fail fast (UsageError) on anything unreachable or unwritable; creates nothing."""
-    _check_writable_dir(stores.results_dir, "results directory")
-    scheme = _scheme(stores.mlflow_uri)
-    if scheme == "sqlite":
-        _check_writable_dir(_sqlite_path(stores.mlflow_uri, "MLflow URI").parent, "MLflow store directory")
-    elif scheme in ("http", "https"):
-        _probe_http(stores.mlflow_uri, "MLflow server", timeout)
-    else:
-        _probe_database(stores.mlflow_uri, "MLflow database", timeout)
-    scheme = _scheme(stores.optuna_url)
-    if scheme in ("sqlite", "journal"):
-        _check_writable_dir(_sqlite_path(stores.optuna_url, "Optuna storage").parent, "Optuna storage directory")
-    else:
-        _probe_database(stores.optuna_url, "Optuna storage", timeout)
-    if "://" not in stores.ray_storage:
-        _check_writable_dir(Path(stores.ray_storage), "Ray storage path")
-
-
-# -- creation (driver only, once) ---------------------------------------------------------------
-
-
-def optuna_storage(url: str):
-    """The Optuna storage object for `url` (driver only). SQLite waits on locks instead of failing."""
-    import optuna
-
-    scheme = _scheme(url)
-    if scheme == "journal":
-        from optuna.storages.journal import JournalFileBackend
-
-        return optuna.storages.JournalStorage(JournalFileBackend(str(_sqlite_path(url, "Optuna storage"))))
-    engine_kwargs = {"connect_args": {"timeout": 60}} if scheme == "sqlite" else {"pool_pre_ping": True}
-    return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
-
-
-def init_stores(stores: Stores) -> None:
-    """Create the study directory and the MLflow and Optuna databases, once, in the driver."""
-    stores.study_dir.mkdir(parents=True, exist_ok=True)
-    for url in (stores.mlflow_uri, stores.optuna_url):
-        if _scheme(url) in ("sqlite", "journal"):
-            _sqlite_path(url, "store").parent.mkdir(parents=True, exist_ok=True)
-    from mlflow.tracking import MlflowClient
-
-    MlflowClient(tracking_uri=stores.mlflow_uri).search_experiments(max_results=1)  # creates/migrates the DB
-    optuna_storage(stores.optuna_url)  # creates the tables
+def mlflow_uri_for(results_dir: str | Path, mlflow_uri: str | None) -> str:
+    """The given URI, else the embedded store `<results_dir>/mlflow.db` (which must exist)."""
+    if mlflow_uri:
+        return normalize_mlflow_uri(mlflow_uri)
+    db = Path(results_dir).expanduser().resolve() / "mlflow.db"
+    if not db.is_file():
+        raise UsageError(f"no MLflow store at {str(db)!r}: run `python -m study.run` first, "
+                         "or pass --results-dir / --mlflow-uri")
+    return f"sqlite:///{db}"

@@ -7,7 +7,7 @@ stay failed); a phase that never started starts fresh.
 
 `Tuner.restore` unpickles the scheduler and callbacks as they were when the study
 started, so they carry only the study name and look up the live `DriverHooks`
-(Optuna bookkeeping, MLflow) that this invocation registered (see study.pruning).
+(Optuna bookkeeping, MLflow) that this invocation registered (see study.tuning.pruning).
 """
 
 from __future__ import annotations
@@ -16,12 +16,14 @@ import os
 from pathlib import Path
 from typing import Any
 
+import ray
 from optuna.trial import TrialState
 from ray import tune
 
-from study.pruning import CellBook, OptunaPrunerScheduler, driver_for
-from study.tracking import Tracker, with_retry
-from study.trainable import TrialContext, run_trial
+from ddgan.errors import UsageError
+from study.stores.tracking import Tracker
+from study.tuning.pruning import CellBook, OptunaPrunerScheduler, driver_for
+from study.tuning.trial import TrialContext, run_trial
 
 
 class DriverHooks:
@@ -57,7 +59,7 @@ class DriverHooks:
         for key in keys:
             if self.book.frozen(key).state.is_finished():
                 continue
-            run = with_retry(self.tracker.client.get_run, self.run_ids[key])
+            run = self.tracker.client.get_run(self.run_ids[key])
             status = run.data.tags.get("status")
             if status == "completed":
                 self.book.finish(key, TrialState.COMPLETE, run.data.metrics.get(self.metric))
@@ -104,8 +106,6 @@ class StudyCallback(tune.Callback):
 
 
 def init_ray(address: str | None, num_gpus_needed: float) -> None:
-    import ray
-
     if ray.is_initialized():
         return
     if address is None:
@@ -115,8 +115,6 @@ def init_ray(address: str | None, num_gpus_needed: float) -> None:
         ray.init(address=address, log_to_driver=True, logging_level="WARNING")
     gpus = ray.cluster_resources().get("GPU", 0)
     if num_gpus_needed > 0 and gpus == 0:
-        from ddgan.errors import UsageError
-
         raise UsageError(f"{num_gpus_needed} GPU(s) per trial requested but the Ray cluster has no GPU")
 
 

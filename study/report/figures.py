@@ -24,7 +24,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
-from study.report_tables import MS, cell_label, duplicated_by_sampling_cell, pareto_mask
+from study.report.tables import MS, cell_label, duplicated_by_sampling_cell, pareto_mask
 
 DPI = 100
 SINGLE = (8.0, 5.0)  # inches: 800 x 500 px

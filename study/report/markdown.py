@@ -8,8 +8,8 @@ from typing import Any
 
 import pandas as pd
 
-from study.report_data import StudyRuns, protocol_rows, provenance
-from study.report_tables import MS, NFE, cell_label, fmt, fmt_interval, markdown_table
+from study.report.data import StudyRuns, protocol_rows, provenance
+from study.report.tables import MS, NFE, cell_label, fmt, fmt_interval, markdown_table
 
 FIGURE_CAPTIONS = {
     "fig1_ddpm_metric_vs_steps": "DDPM: quality against the number of sampling steps (seed fig. 1).",

@@ -1,6 +1,6 @@
 """The study's tables as pandas frames: best learning rate per cell, sampling speed, Pareto front.
 
-Pure functions of the summary frame (`study.report_data`), so tests feed them small
+Pure functions of the summary frame (`study.report.data`), so tests feed them small
 hand-made frames. Conventions:
   * a cell's best learning rate is the one whose completed trials have the best mean
     metric (mean over seeds); its 95% interval is mean +- t_{0.975, n-1} s / sqrt(n)
@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from study.report_data import UNFINISHED, cell_order
+from study.report.data import UNFINISHED, cell_order
 
 SPEED_REFERENCE_T = 1000
 CELL_COLUMNS = ["cell", "method", "loss", "T", "sampler", "sampling_steps", "preset"]

@@ -1,0 +1,199 @@
+"""Before a study starts: check everything it needs, write nothing, start nothing.
+
+`prepare` checks the grid and the flags (through the grid's own models), every trial's
+config, the metric, the data, the stores (servers are probed) and the resume state (the
+plan's fingerprint, every trial's newest checkpoint). `--dry-run` stops after it.
+"""
+
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ddgan.config import Config
+from ddgan.data import load_fashion_mnist, resolve_data_dir
+from ddgan.errors import CheckpointError, DataError, UsageError
+from ddgan.metrics.evaluator import metric_specs
+from ddgan.metrics.inception import resolve_weights
+from ddgan.strict import validate
+from study.grid import Grid, Plan, expand, load_grid
+from study.stores import Stores, preflight, resolve_stores
+
+STUDY_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+FLAGS = {"cpus_per_trial": ("resources", "cpus"), "gpus_per_trial": ("resources", "gpus"),
+         "max_concurrent": ("max_concurrent",)}  # StudyOptions field -> the grid key it overrides
+
+
+@dataclass
+class StudyOptions:
+    grid: str
+    study: str | None = None
+    dry_run: bool = False
+    resume: bool = False
+    address: str | None = None
+    storage_path: str | None = None
+    mlflow_uri: str | None = None
+    optuna_storage: str | None = None
+    gpus_per_trial: float | None = None
+    cpus_per_trial: float | None = None
+    max_concurrent: int | None = None
+    data_dir: str | None = None
+    fid_weights: str | None = None
+    results_dir: str = "results"
+    cache_dir: str | None = None  # reference statistics; default $DDGAN_CACHE_DIR, else <results>/.cache
+    verbose: int = 1
+    command: str | None = None  # the CLI line that started the study (recorded on the parent run)
+
+
+@dataclass
+class Prepared:
+    options: StudyOptions
+    plan: Plan
+    stores: Stores
+    data_dir: Path | None
+    fid_weights: str | None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def grid(self) -> Grid:
+        return self.plan.grid
+
+
+def _apply_flags(grid: Grid, options: StudyOptions) -> Grid:
+    """--cpus-per-trial, --gpus-per-trial, --max-concurrent over the grid's values, validated by `Grid`."""
+    for name, path in FLAGS.items():
+        value = getattr(options, name)
+        if value is None:
+            continue
+        raw = grid.model_dump()
+        node = raw
+        for key in path[:-1]:
+            node = node[key]
+        node[path[-1]] = value
+        try:
+            grid = validate(Grid, raw, f"--{name.replace('_', '-')} {value}")
+        except UsageError as err:
+            raise UsageError(str(err).replace(f": {'.'.join(path)}:", ":", 1)) from None
+    return grid
+
+
+def _inception_available(fid_weights: str | None) -> bool:
+    try:
+        resolve_weights(fid_weights, "cpu", allow_download=False)
+        return True
+    except Exception:
+        return False
+
+
+def _final_metrics(grid: Grid, fid_weights: str | None, notes: list[str]) -> Grid:
+    """Drop Inception final metrics when no weights are present (the grid still runs)."""
+    wanted = grid.eval.final_metrics
+    inception = [m for m in wanted if m.endswith("_inception")]
+    if not inception or _inception_available(fid_weights):
+        return grid
+    if fid_weights:
+        try:  # again, for the precise reason (missing, not TorchScript, not Inception)
+            resolve_weights(fid_weights, "cpu", allow_download=False)
+        except UsageError as err:
+            raise UsageError(f"--fid-weights: {err}") from None
+        raise UsageError(f"--fid-weights {fid_weights!r}: not a usable TorchScript Inception file")
+    notes.append(f"no Inception weights found: final metrics {', '.join(inception)} skipped (pass --fid-weights)")
+    kept = tuple(m for m in wanted if m not in inception)
+    return grid.model_copy(update={"eval": grid.eval.model_copy(update={"final_metrics": kept})})
+
+
+def expected_metrics(config: dict[str, Any]) -> set[str]:
+    """The metric names one intermediate evaluation of this config reports."""
+    eval_cfg = Config.from_dict(config).eval
+    return {s.name for s in metric_specs(eval_cfg, final=False)} | {"eval/nfe", "eval/sample_ms_per_image"}
+
+
+def _check_metric(plan: Plan) -> None:
+    metric = plan.grid.metric
+    if not metric.startswith("eval/"):
+        return
+    for spec in plan.trials:
+        names = expected_metrics(plan.configs[spec.key])
+        if metric not in names:
+            raise UsageError(f"grid {plan.path.name}: metric {metric!r} is not reported by trial {spec.key} "
+                             f"(its evaluations report: {', '.join(sorted(names))})")
+
+
+def _check_data(data_dir: str | None, plan: Plan) -> Path:
+    path = resolve_data_dir(data_dir)
+    if not path.is_dir():
+        raise DataError(f"data directory {str(path)!r} not found")
+    splits = {"train"} | {c["eval"]["reference_split"] for c in plan.configs.values()}
+    for split in sorted(splits):
+        load_fashion_mnist(path, split)  # validates headers, sizes and label counts
+    return path.resolve()
+
+
+def _check_resume(stores: Stores, plan: Plan, resume: bool) -> None:
+    exists = stores.plan_file.is_file()
+    if resume and not exists:
+        raise UsageError(f"--resume: no previous study {stores.study!r} under {str(stores.results_dir)!r}")
+    if not resume and exists:
+        raise UsageError(f"study {stores.study!r} already exists in {str(stores.study_dir)!r}: "
+                         "pass --resume to continue it, or --study NAME for a new one")
+    if resume:
+        try:
+            saved = json.loads(stores.plan_file.read_text())
+        except (OSError, ValueError):
+            raise UsageError(f"--resume: {str(stores.plan_file)!r} is unreadable") from None
+        if saved.get("fingerprint") != plan.fingerprint():
+            raise UsageError(f"--resume: the grid changed since study {stores.study!r} started "
+                             "(trials or their configs differ); use --study NAME to start a new study")
+        _check_resume_checkpoints(stores)
+
+
+def _check_resume_checkpoints(stores: Stores) -> None:
+    """--resume: the newest Ray checkpoint of every trial must open (`weights_only`, memory-mapped,
+    so cheap: a truncated or garbage file is refused here instead of failing its trial on every retry)."""
+    if "://" in stores.ray_storage:
+        return  # remote storage: the trial checks it when it restores
+    for trial_dir in sorted(p for p in Path(stores.ray_storage).glob("*/*") if p.is_dir()):
+        saved = sorted(trial_dir.glob("checkpoint_*"))
+        files = sorted(saved[-1].glob("ckpt_*.pt")) if saved else []
+        if saved and not files:
+            raise CheckpointError(f"--resume: Ray checkpoint {str(saved[-1])!r} holds no ckpt_*.pt file")
+        if not files:
+            continue
+        try:
+            torch.load(files[-1], map_location="cpu", weights_only=True, mmap=True)
+        except Exception as err:  # truncated zip, garbage bytes, disallowed pickle globals
+            raise CheckpointError(f"--resume: checkpoint {str(files[-1])!r} is unreadable or corrupt "
+                                  f"({type(err).__name__}); restore it or start a new study with --study NAME") from None
+
+
+def _check_gpus(grid: Grid, options: StudyOptions) -> None:
+    if grid.resources.gpus > 0 and options.address is None and torch.cuda.device_count() == 0:
+        raise UsageError(f"{grid.resources.gpus} GPU(s) per trial requested but this machine has no GPU "
+                         "(use --gpus-per-trial 0, or --address to join a cluster with GPUs)")
+
+
+def prepare(options: StudyOptions) -> Prepared:
+    """Validate everything the study needs; write nothing, start nothing."""
+    grid, path = load_grid(options.grid)
+    grid = _apply_flags(grid, options)
+    notes: list[str] = []
+    grid = _final_metrics(grid, options.fid_weights, notes)
+    plan = expand(grid, path)
+    _check_metric(plan)
+    study = options.study or grid.name
+    if not re.match(STUDY_NAME, study):
+        raise UsageError(f"--study {study!r}: use letters, digits, '.', '_' or '-'")
+    stores = resolve_stores(study, options.results_dir, mlflow_uri=options.mlflow_uri,
+                            optuna_storage=options.optuna_storage, storage_path=options.storage_path,
+                            address=options.address)
+    _check_gpus(grid, options)
+    data_dir = _check_data(options.data_dir, plan)
+    preflight(stores)
+    _check_resume(stores, plan, options.resume)
+    return Prepared(options, plan, stores, data_dir, options.fid_weights, notes)

@@ -1,0 +1,39 @@
+"""CLI: `python -m study.report [--study NAME] [--out results/NAME]` — tables and figures from MLflow.
+
+Writes into --out (default `<results-dir>/<study>`): summary.csv (one row per trial),
+best_by_cell.csv (per cell the best learning rate; mean and 95% interval over seeds),
+REPORT.md and the figures. Works on a study that is still running or partly pruned:
+REPORT.md then lists what is missing. Reads only; never changes a run. A hand-written
+`discussion.md` in --out, if present, becomes REPORT.md's "Discussion" section.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from collections.abc import Sequence
+
+from study.report.build import build_report
+from study.stores import mlflow_uri_for
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m study.report", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--study", default=None, help="study name (default: the only study in the store)")
+    p.add_argument("--out", default=None, help="output directory (default: <results-dir>/<study>)")
+    p.add_argument("--results-dir", default="results", help="where the embedded stores live (default: results)")
+    p.add_argument("--mlflow-uri", default=None, help="MLflow tracking URI (default: sqlite:///<results-dir>/mlflow.db)")
+    return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    uri = mlflow_uri_for(args.results_dir, args.mlflow_uri)
+    command = shlex.join(["python", "-m", "study.report", *(sys.argv[1:] if argv is None else argv)])
+    report = build_report(uri, args.study, args.out, args.results_dir, command)
+    print(f"wrote {len(report.files)} files to {report.out}: " + ", ".join(p.name for p in report.files))
+    for note in report.missing:
+        print(f"missing: {note}")
+    return 0

@@ -1,0 +1,22 @@
+"""Where a study keeps its state, and the one way to reach it.
+
+  uris           store locations: embedded defaults under results/, validation, masking
+  connect        preflight (reachable, writable) and creation of the databases
+  mlflow_client  `MlflowStore`: public MlflowClient calls that retry; run search; server probe
+  tracking       the study's MLflow layout: parent run, one run per trial, no duplicate steps
+  registry       exported samplers in the MLflow Model Registry
+"""
+
+from study.stores.connect import init_stores, optuna_storage, preflight
+from study.stores.mlflow_client import MlflowStore
+from study.stores.uris import (
+    Stores,
+    mask_uri,
+    mlflow_uri_for,
+    normalize_mlflow_uri,
+    normalize_optuna_url,
+    resolve_stores,
+)
+
+__all__ = ["MlflowStore", "Stores", "init_stores", "mask_uri", "mlflow_uri_for", "normalize_mlflow_uri",
+           "normalize_optuna_url", "optuna_storage", "preflight", "resolve_stores"]

@@ -1,0 +1,95 @@
+"""Reach the stores: preflight (reachable and writable, before anything starts) and creation.
+
+`preflight` checks every store *before* anything is started: an MLflow server is probed
+through the client layer (`MlflowStore.probe`), a database with one `SELECT 1`, each with
+a short timeout; a file store's directory must be writable. Nothing is created.
+`init_stores` then creates the databases once, in the driver (concurrent first-time
+migrations from trials fail). URIs are shown with their passwords masked.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import optuna
+from optuna.storages.journal import JournalFileBackend
+
+from ddgan.errors import UsageError
+from study.stores.mlflow_client import MlflowStore
+from study.stores.uris import Stores, mask_uri, scheme_of, sqlite_path
+
+PROBE_TIMEOUT_S = 5.0
+
+
+def _check_writable_dir(path: Path, what: str) -> None:
+    """The nearest existing ancestor must be a writable directory (nothing is created)."""
+    probe = path
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise UsageError(f"{what} {str(path)!r} is not writable")
+
+
+def _probe_database(url: str, what: str, timeout: float) -> None:
+    import sqlalchemy
+
+    scheme = scheme_of(url)
+    connect_args = {"connect_timeout": int(max(timeout, 1))} if scheme in ("postgresql", "mysql") else {}
+    try:
+        engine = sqlalchemy.create_engine(url, connect_args=connect_args, poolclass=sqlalchemy.pool.NullPool)
+        with engine.connect() as conn:
+            conn.execute(sqlalchemy.text("SELECT 1"))
+        engine.dispose()
+    except ModuleNotFoundError as err:
+        raise UsageError(f"{what} {mask_uri(url)} needs the database driver {err.name!r} "
+                         "(pip install -e .[cluster])") from None
+    except Exception as err:  # sqlalchemy wraps every driver error; keep one masked line
+        first = str(getattr(err, "orig", err)).strip().splitlines()
+        detail = first[0] if first else type(err).__name__
+        refused = any(s in detail.lower() for s in ("authentication failed", "access denied"))
+        verdict = "refused the credentials" if refused else "is unreachable"
+        raise UsageError(f"{what} {mask_uri(url)} {verdict} ({mask_uri(detail)[:200]})") from None
+
+
+def preflight(stores: Stores, timeout: float = PROBE_TIMEOUT_S) -> None:
+    """Fail fast (UsageError) on anything unreachable or unwritable; creates nothing."""
+    _check_writable_dir(stores.results_dir, "results directory")
+    scheme = scheme_of(stores.mlflow_uri)
+    if scheme == "sqlite":
+        _check_writable_dir(sqlite_path(stores.mlflow_uri, "MLflow URI").parent, "MLflow store directory")
+    elif scheme in ("http", "https"):
+        MlflowStore(stores.mlflow_uri).probe("MLflow server", timeout)
+    else:
+        _probe_database(stores.mlflow_uri, "MLflow database", timeout)
+    scheme = scheme_of(stores.optuna_url)
+    if scheme in ("sqlite", "journal"):
+        _check_writable_dir(sqlite_path(stores.optuna_url, "Optuna storage").parent, "Optuna storage directory")
+    else:
+        _probe_database(stores.optuna_url, "Optuna storage", timeout)
+    if "://" not in stores.ray_storage:
+        _check_writable_dir(Path(stores.ray_storage), "Ray storage path")
+
+
+# -- creation (driver only, once) ---------------------------------------------------------------
+
+
+def optuna_storage(url: str) -> optuna.storages.BaseStorage:
+    """The Optuna storage object for `url` (driver only). SQLite waits on locks instead of failing."""
+    scheme = scheme_of(url)
+    if scheme == "journal":
+        return optuna.storages.JournalStorage(JournalFileBackend(str(sqlite_path(url, "Optuna storage"))))
+    engine_kwargs = {"connect_args": {"timeout": 60}} if scheme == "sqlite" else {"pool_pre_ping": True}
+    return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+
+
+def init_stores(stores: Stores) -> None:
+    """Create the study directory and the MLflow and Optuna databases, once, in the driver."""
+    stores.study_dir.mkdir(parents=True, exist_ok=True)
+    for url in (stores.mlflow_uri, stores.optuna_url):
+        if scheme_of(url) in ("sqlite", "journal"):
+            sqlite_path(url, "store").parent.mkdir(parents=True, exist_ok=True)
+    MlflowStore(stores.mlflow_uri).search_experiments(max_results=1)  # creates/migrates the DB
+    optuna_storage(stores.optuna_url)  # creates the tables
