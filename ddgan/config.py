@@ -17,16 +17,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from ddgan.errors import ConfigError
+from ddgan.strict import Strict as _Section
+from ddgan.strict import section_model, validate
 
 CONFIG_DIR = Path(os.environ.get("DDGAN_CONFIG_DIR", Path(__file__).resolve().parents[1] / "configs"))
 PRESET_DIR = CONFIG_DIR / "presets"
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class DataConfig(_Section):
@@ -48,11 +46,6 @@ class ModelConfig(_Section):
     z_emb_dim: int = Field(default=64, gt=0)  # width of the latent mapping MLP
     disc_channels: int = Field(default=32, gt=0)
     disc_channel_mult: tuple[int, ...] = (1, 2, 2)
-
-    @field_validator("channel_mult", "disc_channel_mult", "attn_resolutions", mode="before")
-    @classmethod
-    def _listify(cls, v: Any) -> Any:
-        return tuple(v) if isinstance(v, list) else v
 
     @field_validator("channel_mult", "disc_channel_mult")
     @classmethod
@@ -110,11 +103,6 @@ class TrainConfig(_Section):
     compile: bool = False
     log_every: int = Field(default=10, ge=1)
 
-    @field_validator("lr_g", "d_lr_ratio", "ema_decay", "beta1", "beta2", mode="before")
-    @classmethod
-    def _int_to_float(cls, v: Any) -> Any:
-        return float(v) if isinstance(v, int) and not isinstance(v, bool) else v
-
 
 class EvalConfig(_Section):
     every: int = Field(default=500, ge=1)
@@ -129,11 +117,6 @@ class EvalConfig(_Section):
     reference_n: int | None = Field(default=None, ge=2)  # None: the whole split (Inception on CPU: cap it)
     respaced_steps: int | None = Field(default=None, ge=1)  # DDPM: sample with S < T steps
     sampler: Literal["ancestral", "ddim"] = "ancestral"  # DDPM only
-
-    @field_validator("metrics", "final_metrics", mode="before")
-    @classmethod
-    def _listify(cls, v: Any) -> Any:
-        return tuple(v) if isinstance(v, list) else v
 
     @field_validator("metrics", "final_metrics")
     @classmethod
@@ -151,14 +134,6 @@ class CheckpointConfig(_Section):
     keep: int = Field(default=2, ge=1)
 
 
-class FaultConfig(_Section):
-    """Fault injection, off by default; used by the reliability tests and documented in README."""
-
-    nan_at_step: int | None = Field(default=None, ge=1)  # make the D loss NaN at this step
-    exit_at_step: int | None = Field(default=None, ge=1)  # os._exit(1) at this step (first attempt only)
-    exit_marker: str | None = None  # file created on the first injected exit so a retry does not die again
-
-
 class Config(_Section):
     method: Literal["ddgan", "ddpm"] = "ddgan"
     data: DataConfig = DataConfig()
@@ -168,7 +143,6 @@ class Config(_Section):
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
-    fault: FaultConfig = FaultConfig()
 
     @model_validator(mode="after")
     def _method_rules(self) -> Config:
@@ -180,53 +154,21 @@ class Config(_Section):
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (lists, not tuples): YAML/JSON safe, round-trips through `from_dict`."""
-        return _plain(self.model_dump())
+        return self.model_dump(mode="json")
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> Config:
-        return _validate(dict(raw))
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
+        # Checkpoints and exports written before fault injection moved to the study carry
+        # an empty `fault` section: dropped, so they still load.
+        return _validate({k: v for k, v in raw.items() if k != "fault"})
 
 
 def valid_keys(section: type[BaseModel]) -> list[str]:
     return list(section.model_fields)
 
 
-def _section_for(path: Sequence[str]) -> type[BaseModel] | None:
-    model: type[BaseModel] = Config
-    for name in path:
-        field = model.model_fields.get(name)
-        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
-            return None
-        model = field.annotation
-    return model
-
-
-def _format_error(err: ValidationError) -> str:
-    first = err.errors()[0]
-    loc = [str(p) for p in first["loc"]]
-    key = ".".join(loc)
-    if first["type"] == "extra_forbidden":
-        section = _section_for(loc[:-1])
-        valid = ", ".join(valid_keys(section)) if section else "?"
-        where = ".".join(loc[:-1]) or "top level"
-        return f"config: unknown key {key!r} in {where} (valid keys: {valid})"
-    msg = first["msg"].removeprefix("Value error, ")
-    return f"config: {key}: {msg}" if key else f"config: {msg}"
-
-
 def _validate(raw: dict[str, Any]) -> Config:
-    try:
-        return Config.model_validate(raw)
-    except ValidationError as err:
-        raise ConfigError(_format_error(err)) from None
+    return validate(Config, raw, "config")
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -259,7 +201,7 @@ def apply_overrides(raw: Mapping[str, Any], overrides: Sequence[str | tuple[list
     out = copy.deepcopy(dict(raw))
     for item in overrides:
         path, value = parse_override(item) if isinstance(item, str) else item
-        section = _section_for(path[:-1])
+        section = section_model(Config, path[:-1])
         if section is None:
             raise ConfigError(f"config: unknown section {'.'.join(path[:-1])!r} (valid: {', '.join(valid_keys(Config))})")
         if path[-1] not in section.model_fields:
