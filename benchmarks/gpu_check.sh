@@ -12,21 +12,13 @@
 # each under its own time limit cut to what is left, so one slow step cannot eat the
 # others; a step that no longer fits is skipped and listed in failures.txt. Every table is
 # written as soon as its step ends. OUT_DIR gets at most 7 files (machine.txt, log.txt,
-# failures.txt, four tables): the device tool brings back 8 files at most, so run
-# directories and the reference cache live in a temporary directory that is removed.
+# failures.txt, four tables): run directories and the reference cache live in a temporary
+# directory that is removed.
 # Environment: PYTHON (default python), DDGAN_DATA_DIR (default ../shared/data/fashion-mnist),
 # DDGAN_CACHE_DIR (default: a fresh temporary cache, i.e. cold), RAY_ADDRESS (packing joins
 # this Ray cluster instead of starting its own; the tests pass theirs).
-# The GPU machine needs this repo's Python dependencies (Ray, MLflow, Optuna, clean-fid)
-# importable by $PYTHON: `pip install -e .` where it has an index. The device tool's machine
-# has none and sees no ../shared/data, so build the bundle here and carry it:
-#   python -m benchmarks.gpu_bundle --out .gpu      # ~51 MiB: packages, train split, Inception graph
-#   device run: command "PYTHON=python3 bash benchmarks/gpu_check.sh $OUT", carry [".gpu"]
-# With GPU_BUNDLE (default .gpu/bundle.tar.xz) present the check unpacks it into its temporary
-# directory, puts its packages and this repo on PYTHONPATH, reads the data from it, and times
-# Inception with random weights of the same graph (the real 87 MB file does not fit the
-# carry): that file is named ...RANDOM-WEIGHTS-FOR-TIMING-ONLY.pt in the tables, and no FID it
-# computes is reported.
+# Needs the project installed the normal way (`pip install -e .`: Ray, MLflow, Optuna, clean-fid)
+# and the data. A bare machine without a package index: tools/gpu_check_bundled.sh (tools/README.md).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:?usage: gpu_check.sh OUT_DIR [--dry]}
@@ -39,17 +31,7 @@ TMP=$(mktemp -d "${TMPDIR:-/tmp}/gpu-check.XXXXXX")
 trap 'rm -rf "$TMP"' EXIT
 export DDGAN_CACHE_DIR=${DDGAN_CACHE_DIR:-$TMP/cache}
 exec > >(tee -a "$OUT/log.txt") 2>&1
-DEADLINE=$((SECONDS + ${BUDGET_S:-570}))  # the bundle's unpacking counts too
-BUNDLE=${GPU_BUNDLE:-.gpu/bundle.tar.xz}
-if [ -f "$BUNDLE" ]; then
-  echo "== unpacking $BUNDLE"
-  $PY -m tarfile -e "$BUNDLE" "$TMP/bundle" || { echo "cannot unpack $BUNDLE" | tee -a "$OUT/failures.txt"; exit 1; }
-  export PYTHONPATH="$TMP/bundle/site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
-  export DDGAN_DATA_DIR=$TMP/bundle/data
-  DDGAN_FID_WEIGHTS=$($PY -m benchmarks.gpu_bundle timing-inception "$TMP/bundle/inception/architecture.pt" \
-    "$TMP/bundle/inception") || { echo "cannot build the timing Inception" | tee -a "$OUT/failures.txt"; exit 1; }
-  export DDGAN_FID_WEIGHTS
-fi
+DEADLINE=$((SECONDS + ${BUDGET_S:-570}))
 status=0
 fail() { echo "$1" | tee -a "$OUT/failures.txt"; status=1; }
 # step NAME LIMIT_S CMD...: run CMD under min(LIMIT_S, time left); log its wall time.
@@ -83,7 +65,6 @@ else
 fi
 
 { echo "# GPU check $(date -u +%F) ${DRY:+(dry run)}"; $PY -c "from benchmarks.common import machine; print(machine())"
-  [ -f "$BUNDLE" ] && { echo "bundle: $BUNDLE"; grep -E '^(target|data|inception):' "$(dirname "$BUNDLE")/MANIFEST.txt"; }
   [ "$DEV" = cuda ] && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null; } > "$OUT/machine.txt"
 if [ "$DEV" = cuda ]; then
   step "tests marked gpu" 120 $PY -m pytest -q -m gpu tests -p no:cacheprovider

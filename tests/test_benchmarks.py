@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmarks.gpu_bundle import TIMING_NAME
+from tools.gpu_bundle import TIMING_NAME
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
@@ -48,7 +48,7 @@ def small_bundle(work: Path, fmnist_dir: Path) -> Path:
     """A bundle in gpu_bundle.py's layout without the packages (this environment has them): the
     train split's files and a zeroed Inception stand-in, tarred (`python -m tarfile` unpacks any
     compression, so no xz here)."""
-    from benchmarks.gpu_bundle import zeroed_inception
+    from tools.gpu_bundle import zeroed_inception
 
     stage = work / "stage"
     (stage / "site").mkdir(parents=True)
@@ -69,12 +69,12 @@ def small_bundle(work: Path, fmnist_dir: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def dry_run(tmp_path_factory, fmnist_dir, ray_session) -> tuple[Path, subprocess.CompletedProcess]:
-    """gpu_check.sh's dry path as the device machine would run it: through a bundle."""
+    """gpu_check.sh's dry path as the device machine would run it: through a bundle (tools/)."""
     out = tmp_path_factory.mktemp("gpu-check")
     work = tmp_path_factory.mktemp("env")
     env = bench_env(work, fmnist_dir, ray_session)
     env["GPU_BUNDLE"] = str(small_bundle(work, fmnist_dir))
-    proc = subprocess.run(["bash", "benchmarks/gpu_check.sh", str(out), "--dry"], cwd=REPO, env=env,
+    proc = subprocess.run(["bash", "tools/gpu_check_bundled.sh", str(out), "--dry"], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=600)
     return out, proc
 

@@ -1,4 +1,4 @@
-"""The GPU bundle (benchmarks/gpu_bundle.py): which distributions travel, the IDX writer, the
+"""The GPU bundle (tools/gpu_bundle.py): which distributions travel, the IDX writer, the
 zeroed and re-randomised Inception graph, and the carry-size check. Building a whole bundle
 needs a package index and is not done here; tests/test_benchmarks.py runs gpu_check.sh's dry
 path through a small bundle of the same layout."""
@@ -14,10 +14,10 @@ import pytest
 import torch
 from torch import nn
 
-from benchmarks import gpu_bundle
 from ddgan.data import read_idx
 from ddgan.errors import UsageError
 from ddgan.metrics.inception import load_torchscript, resolve_weights
+from tools import gpu_bundle
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -1,11 +1,11 @@
-"""Build the carry folder that lets `benchmarks/gpu_check.sh` run on the lent GPU machine.
+"""Build the carry folder that lets `benchmarks/gpu_check.sh` run on the lent GPU machine (see tools/README.md).
 
 That machine (the library's `device` tool, kind nvidia-h200) has Python 3.12 with torch,
 numpy, scipy, pandas, matplotlib, pyarrow, aiohttp and the like, but not Ray, MLflow,
 Optuna, pydantic or clean-fid; it reaches no package index, it does not see
 `../shared/data`, and one call carries at most 64 MiB of working tree. This script packs
 what the check needs into one archive, `DIR/bundle.tar.xz` (default DIR `.gpu/`, ignored by
-git), that `gpu_check.sh` unpacks when it finds it:
+git), that `tools/gpu_check_bundled.sh` unpacks before it runs the check:
 
 - `site/`: every distribution our dependencies need (the requirement closure of ray[tune],
   optuna, mlflow, clean-fid, pydantic, as installed here) that the device image lacks
@@ -18,17 +18,17 @@ git), that `gpu_check.sh` unpacks when it finds it:
   `ddgan.data`, as uncompressed IDX (xz packs it tighter than gzip).
 - `inception/architecture.pt`: clean-fid's Inception network (the TorchScript found as the
   study finds it) with every weight set to zero, ~90 MB that compress to a few kB.
-  `python -m benchmarks.gpu_bundle timing-inception SRC DST` fills it on the device with
+  `python -m tools.gpu_bundle timing-inception SRC DST` fills it on the device with
   random He-scaled weights: the same graph and cost, a FOR-TIMING-ONLY file whose name says
   so and whose sha256 is not the real one, so no FID it computes can pass for Inception FID.
   (The real 87 MB weights do not fit in a call next to the rest.)
 - `MANIFEST.txt`: versions, sizes, the device command.
 
-    python -m benchmarks.gpu_bundle --out .gpu            # needs pip's index (PyPI or a mirror)
-    python -m benchmarks.gpu_bundle --check .gpu          # the size check alone
-    python -m benchmarks.gpu_bundle compare-timing        # real vs timing-only Inception, ms/image
+    python -m tools.gpu_bundle --out .gpu            # needs pip's index (PyPI or a mirror)
+    python -m tools.gpu_bundle --check .gpu          # the size check alone
+    python -m tools.gpu_bundle compare-timing        # real vs timing-only Inception, ms/image
 
-Then, through the device tool: run(command="PYTHON=python3 bash benchmarks/gpu_check.sh $OUT",
+Then, through the device tool: run(command="PYTHON=python3 bash tools/gpu_check_bundled.sh $OUT",
 carry=[".gpu"], timeout_s=600).
 """
 
@@ -258,7 +258,7 @@ def build(out: Path, data_dir: Path, python_version: str, weights: str | None) -
             for part in ("site", "data", "inception"):
                 tar.add(stage / part, arcname=part)
     manifest = [
-        "# GPU bundle for benchmarks/gpu_check.sh (built by python -m benchmarks.gpu_bundle)",
+        "# GPU bundle for benchmarks/gpu_check.sh (built by python -m tools.gpu_bundle)",
         f"target: CPython {python_version}, manylinux x86_64; built with {sys.executable}",
         f"data: {data_dir} (train split, uncompressed IDX)",
         f"inception: architecture of {source}, weights zeroed; filled with random weights on the device "
@@ -309,7 +309,7 @@ def main(argv: list[str] | None = None) -> None:
         args = p.parse_args(argv[1:])
         print(compare_timing(args.fid_weights, args.images, args.repeats, args.device))
         return
-    if argv[:1] == ["timing-inception"]:  # on the device, called by gpu_check.sh
+    if argv[:1] == ["timing-inception"]:  # on the device, called by gpu_check_bundled.sh
         p = argparse.ArgumentParser(prog="gpu_bundle timing-inception")
         p.add_argument("src", type=Path)
         p.add_argument("dst", type=Path, help="directory (or file named " + TIMING_NAME + ")")

@@ -1,0 +1,1 @@
+"""Helpers for particular machines, outside the product (see tools/README.md)."""
