@@ -12,6 +12,8 @@ from pathlib import Path
 
 import torch
 
+from study.report.tables import markdown_table as render_table
+
 
 def machine() -> str:
     cpu = platform.processor() or platform.machine()
@@ -45,14 +47,14 @@ def write_table(out: Path | None, name: str, text: str) -> None:
 
 
 def markdown_table(rows: list[dict], columns: list[str]) -> str:
+    """Rows of dicts as a Markdown table (numbers to 3 significant digits), drawn by the study's
+    one table renderer, `study.report.tables.markdown_table`."""
     def fmt(v):
         if isinstance(v, float):
             return f"{v:.3g}" if abs(v) < 1000 else f"{v:,.0f}"
         return str(v)
 
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(fmt(r.get(c, "")) for c in columns) + " |" for r in rows]
-    return "\n".join(lines)
+    return render_table(columns, [[fmt(r.get(c, "")) for c in columns] for r in rows])
 
 
 def timed(fn: Callable[[], object], device: torch.device, repeats: int = 3, warmup: int = 1) -> float:

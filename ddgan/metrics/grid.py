@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from torchvision.utils import make_grid
 
 
 def to_uint8(images: torch.Tensor | np.ndarray) -> torch.Tensor:
@@ -31,28 +32,15 @@ def to_uint8(images: torch.Tensor | np.ndarray) -> torch.Tensor:
     return ((x.float().clamp(-1.0, 1.0) + 1.0) * 127.5).round().to(torch.uint8)
 
 
-def make_grid(images: torch.Tensor | np.ndarray, nrow: int = 8, padding: int = 2) -> np.ndarray:
-    """(N, C, H, W) images -> one uint8 (rows*(H+p)+p, nrow*(W+p)+p, C) array; C is 1 or 3."""
-    x = to_uint8(images).numpy()  # (N, C, H, W)
-    n, channels, height, width = x.shape
-    if n == 0:
-        raise ValueError("make_grid needs at least one image")
-    nrow = max(1, min(nrow, n))
-    rows = -(-n // nrow)
-    grid = np.zeros((rows * (height + padding) + padding, nrow * (width + padding) + padding, channels), np.uint8)
-    for i in range(n):
-        top = padding + (i // nrow) * (height + padding)
-        left = padding + (i % nrow) * (width + padding)
-        grid[top : top + height, left : left + width] = x[i].transpose(1, 2, 0)
-    return grid
-
-
 def save_grid(images: torch.Tensor | np.ndarray, path: str | Path, nrow: int = 8) -> Path:
     """Write images (N, C, H, W) (float in [-1, 1] or uint8) as an `nrow`-wide PNG grid; atomic."""
+    x = to_uint8(images)  # (N, C, H, W)
+    if len(x) == 0:
+        raise ValueError("save_grid needs at least one image")
+    grid = make_grid(x, nrow=nrow, padding=2).permute(1, 2, 0).numpy()  # (H', W', 3): one channel is repeated
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    grid = make_grid(images, nrow)
-    picture = Image.fromarray(grid[:, :, 0] if grid.shape[2] == 1 else grid)
+    picture = Image.fromarray(grid[:, :, 0] if x.shape[1] == 1 else grid)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     picture.save(tmp, format="PNG")
     os.replace(tmp, path)
