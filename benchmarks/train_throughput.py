@@ -239,7 +239,7 @@ def main() -> None:
                 T = args.T if method == "ddgan" else 1000
                 cfg = resolve_config({"method": method, "model": {"preset": preset}, "diffusion": {"T": T},
                                       "train": {"batch_size": args.batch, "device": args.device, "compile": args.compile},
-                                      "eval": {"every": 10**9}},
+                                      "eval": {"every": 10**7}},
                                      ["diffusion.schedule=linear"] if method == "ddpm" else [])
                 utils = {name: GpuUtilization(device) for name in (*STYLES, "trainer")}  # timed steps only
                 runs_of = {name: [] for name in utils}

@@ -15,7 +15,7 @@ RUNNING) and logs every result key as a metric. Instead:
   actor; crashed beyond its retries).
 
 Tags on every trial run: study, trial_key, cell, phase, method, loss, T, lr, seed,
-status (pending | running | completed | pruned | failed), ray_trial_id,
+status (pending | running | completed | pruned | failed), ray_trial, ray_node_id,
 optuna_trial_number, git_commit, rerun_command; plus pruned_at_step / failure_reason.
 Every call goes through `MlflowStore` (retries while SQLite is locked).
 """
