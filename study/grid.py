@@ -27,6 +27,7 @@ from pydantic import Field, StrictInt, model_validator
 
 from ddgan.config import CONFIG_DIR, Config, parse_override, read_yaml, resolve_config
 from ddgan.errors import ConfigError, UsageError
+from ddgan.schedule import build_schedule
 from ddgan.strict import Strict, validate
 
 GRID_DIR = CONFIG_DIR / "grids"
@@ -257,8 +258,6 @@ def _resolve(base: dict[str, Any], overrides: list[str], where: str) -> Config:
         cfg = resolve_config(base, overrides)
     except ConfigError as err:
         raise ConfigError(f"trial {where}: {err}") from None
-    from ddgan.schedule import build_schedule
-
     d = cfg.diffusion
     try:  # e.g. linear betas >= 1 at small T: refused now, not when the trial builds it
         build_schedule(d.schedule, d.T, beta_min=d.beta_min, beta_max=d.beta_max)

@@ -22,7 +22,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import FixedLocator, MaxNLocator, NullFormatter, NullLocator
+from PIL import Image
 
 from study.report.tables import MS, cell_label, duplicated_by_sampling_cell, pareto_mask
 
@@ -136,8 +137,6 @@ def plot_ddpm_vs_steps(best: pd.DataFrame, summary: pd.DataFrame, metric: str, m
 
 def _log_ticks(ax, ticks: list[float]) -> None:
     """A log x axis labelled exactly at `ticks` (plain numbers, no minor labels)."""
-    from matplotlib.ticker import FixedLocator, NullFormatter, NullLocator
-
     ax.set_xscale("log")
     ax.xaxis.set_major_locator(FixedLocator(ticks))
     ax.xaxis.set_major_formatter(lambda value, _: f"{value:g}")
@@ -234,8 +233,6 @@ def plot_learning_curves(summary: pd.DataFrame, histories: dict[str, pd.DataFram
 
 def plot_sample_grids(panels: list[tuple[str, Path]], title: str, path: Path, ncols: int = 5) -> Path | None:
     """Side by side: one sample-grid PNG per panel, titled (e.g. "T=1", "T=2", ...)."""
-    from PIL import Image
-
     if not panels:
         return None
     fig = Figure(figsize=sample_figsize(len(panels), ncols), layout="constrained")

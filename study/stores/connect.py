@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 
 import optuna
+import sqlalchemy
 from optuna.storages.journal import JournalFileBackend
 
 from ddgan.errors import UsageError
@@ -34,8 +35,6 @@ def _check_writable_dir(path: Path, what: str) -> None:
 
 
 def _probe_database(url: str, what: str, timeout: float) -> None:
-    import sqlalchemy
-
     scheme = scheme_of(url)
     connect_args = {"connect_timeout": int(max(timeout, 1))} if scheme in ("postgresql", "mysql") else {}
     try:

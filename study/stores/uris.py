@@ -19,6 +19,7 @@ passwords masked everywhere (`mask_uri`).
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,8 +105,6 @@ def _check_server_uri(uri: str, what: str) -> None:
 def postgres_driver(url: str) -> str:
     """`postgresql://` -> `postgresql+psycopg2://` when psycopg2 is installed and psycopg 3 is
     not: SQLAlchemy 2.1 maps the bare scheme to psycopg 3, the `cluster` extra installs psycopg2."""
-    import importlib.util
-
     if not url.lower().startswith("postgresql://") or importlib.util.find_spec("psycopg") is not None:
         return url
     if importlib.util.find_spec("psycopg2") is None:
