@@ -1,7 +1,9 @@
 """CLI: `python -m study.run --grid NAME|PATH [flags]` runs (or resumes) a study.
 
-Embedded default: local Ray, MLflow in sqlite:///<results>/mlflow.db, Optuna in
-<results>/<study>/optuna.db, Ray storage in <results>/<study>/ray. On a cluster:
+Embedded default: local Ray, and the run's state under --state-dir (default results/runs,
+ignored by git): MLflow in sqlite:///<state>/mlflow.db, Optuna in <state>/<study>/optuna.db,
+Ray storage in <state>/<study>/ray. Curated reports (`study.report`) go to results/<study>/,
+never read as a run's state. On a cluster:
 --address, --storage-path, --mlflow-uri, --optuna-storage; the same code.
 Bad input: one line on stderr, exit code 2, nothing started or written.
 """
@@ -15,6 +17,7 @@ from collections.abc import Sequence
 
 from ddgan.cli import run_cli
 from study.driver import StudyOptions, run_study
+from study.stores.uris import DEFAULT_STATE_DIR
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -33,9 +36,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--max-concurrent", type=int, default=None)
     p.add_argument("--data-dir", default=None, help="Fashion-MNIST IDX directory (else $DDGAN_DATA_DIR)")
     p.add_argument("--fid-weights", default=None, help="TorchScript Inception weights for the final FID")
-    p.add_argument("--results-dir", default="results", help="embedded stores live here (default: results)")
+    p.add_argument("--state-dir", "--results-dir", dest="results_dir", default=DEFAULT_STATE_DIR,
+                   help=f"the run's state: embedded stores, Ray folders, artifacts (default: {DEFAULT_STATE_DIR})")
     p.add_argument("--cache-dir", default=None,
-                   help="reference-statistics cache (default: $DDGAN_CACHE_DIR, else <results-dir>/.cache)")
+                   help="reference-statistics cache (default: $DDGAN_CACHE_DIR, else <state-dir>/.cache)")
     p.add_argument("--quiet", action="store_true", help="no progress table")
     return p.parse_args(argv)
 

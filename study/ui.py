@@ -1,10 +1,14 @@
-"""CLI: `python -m study.ui [--results-dir results] [--port 5000]` opens MLflow's UI on the study store.
+"""CLI: `python -m study.ui [--state-dir results/runs] [--port 5000] [--optuna]` opens a study's UI.
 
-It runs `mlflow ui` with the embedded backend store (`sqlite:///<results>/mlflow.db`,
-an absolute path) bound to 127.0.0.1, so the UI is not exposed to the network unless
-you pass `--host` yourself. Equivalent command:
+Default: MLflow's UI (`mlflow ui`) on the embedded backend store
+(`sqlite:///<state>/mlflow.db`, an absolute path). `--optuna`: Optuna's own dashboard
+(optuna-dashboard, `optuna_dashboard.run_server`) on the study's Optuna storage: one Optuna
+study per cell, `<study>/<cell>`, in `<state>/<study>/optuna.db` (or `--optuna-storage`).
+Both bind to 127.0.0.1, so nothing is exposed to the network unless you pass `--host`.
+Equivalent commands:
 
-    mlflow ui --backend-store-uri sqlite:///$PWD/results/mlflow.db --host 127.0.0.1 --port 5000
+    mlflow ui --backend-store-uri sqlite:///$PWD/results/runs/mlflow.db --host 127.0.0.1 --port 5000
+    optuna-dashboard sqlite:///$PWD/results/runs/smoke/optuna.db --host 127.0.0.1 --port 8080
 """
 
 from __future__ import annotations
@@ -17,18 +21,30 @@ from pathlib import Path
 
 from ddgan.cli import run_cli
 from ddgan.errors import UsageError
-from study.stores import mask_uri, normalize_mlflow_uri
+from study.stores import mask_uri, normalize_mlflow_uri, normalize_optuna_url
+from study.stores.uris import DEFAULT_STATE_DIR
+
+OPTUNA_PORT = 8080
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m study.ui", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--results-dir", default="results", help="where study.run kept its stores (default: results)")
-    p.add_argument("--mlflow-uri", default=None, help="another backend store (default: <results-dir>/mlflow.db)")
+    p.add_argument("--state-dir", "--results-dir", dest="results_dir", default=DEFAULT_STATE_DIR,
+                   help=f"where study.run kept the run's state (default: {DEFAULT_STATE_DIR})")
+    p.add_argument("--mlflow-uri", default=None, help="another backend store (default: <state-dir>/mlflow.db)")
+    p.add_argument("--optuna", action="store_true", help="Optuna's dashboard instead of MLflow's UI")
+    p.add_argument("--study", default=None, help="--optuna: the study (default: the only one in --state-dir)")
+    p.add_argument("--optuna-storage", default=None, help="--optuna: another storage (default: <state-dir>/<study>/optuna.db)")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=5000)
-    p.add_argument("--print-command", action="store_true", help="print the mlflow command instead of running it")
+    p.add_argument("--port", type=int, default=None, help=f"default 5000 (MLflow), {OPTUNA_PORT} (--optuna)")
+    p.add_argument("--print-command", action="store_true", help="print the equivalent command instead of running it")
     return p.parse_args(argv)
+
+
+def _check_port(port: int) -> None:
+    if not 0 < port < 65536:
+        raise UsageError(f"--port must be in 1..65535, got {port}")
 
 
 def ui_command(results_dir: str | Path, mlflow_uri: str | None, host: str, port: int) -> list[str]:
@@ -36,26 +52,53 @@ def ui_command(results_dir: str | Path, mlflow_uri: str | None, host: str, port:
     if mlflow_uri is None:
         db = Path(results_dir).expanduser().resolve() / "mlflow.db"
         if not db.is_file():
-            raise UsageError(f"no MLflow store at {str(db)!r}: run `python -m study.run` first or pass --results-dir")
+            raise UsageError(f"no MLflow store at {str(db)!r}: run `python -m study.run` first or pass --state-dir")
         uri = f"sqlite:///{db}"
         artifacts = ["--default-artifact-root", (db.parent / "mlartifacts").as_uri()]
     else:
         uri, artifacts = normalize_mlflow_uri(mlflow_uri), []
         if not uri.startswith("sqlite:"):
             raise UsageError(f"{mask_uri(uri)} is a server already: open it in a browser")
-    if not 0 < port < 65536:
-        raise UsageError(f"--port must be in 1..65535, got {port}")
+    _check_port(port)
     return [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, *artifacts,
             "--host", host, "--port", str(port)]
 
 
+def optuna_url(results_dir: str | Path, study: str | None, optuna_storage: str | None) -> str:
+    """The Optuna storage of a study: --optuna-storage, else `<state>/<study>/optuna.db` (checked to exist)."""
+    if optuna_storage is not None:
+        return normalize_optuna_url(optuna_storage)
+    state = Path(results_dir).expanduser().resolve()
+    if study is None:
+        found = sorted(p.parent.name for p in state.glob("*/optuna.db"))
+        if len(found) != 1:
+            what = f"studies {', '.join(found)}" if found else "no study"
+            raise UsageError(f"--optuna: {str(state)!r} holds {what}: pass --study NAME (or --state-dir)")
+        study = found[0]
+    db = state / study / "optuna.db"
+    if not db.is_file():
+        raise UsageError(f"no Optuna storage at {str(db)!r}: run `python -m study.run` first or pass --state-dir")
+    return f"sqlite:///{db}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    command = ui_command(args.results_dir, args.mlflow_uri, args.host, args.port)
+    if args.optuna:
+        url, port = optuna_url(args.results_dir, args.study, args.optuna_storage), args.port or OPTUNA_PORT
+        _check_port(port)
+        if args.print_command:
+            print(f"optuna-dashboard {mask_uri(url)} --host {args.host} --port {port}")
+            return 0
+        import optuna_dashboard  # a dependency of this project (pyproject.toml)
+
+        print(f"Optuna dashboard of {mask_uri(url)} on http://{args.host}:{port} (Ctrl-C to stop)", flush=True)
+        optuna_dashboard.run_server(url, host=args.host, port=port)  # blocks until Ctrl-C
+        return 0
+    command = ui_command(args.results_dir, args.mlflow_uri, args.host, args.port or 5000)
     if args.print_command:
         print(" ".join(command[1:]).replace("-m mlflow", "mlflow", 1))
         return 0
-    print(f"MLflow UI on http://{args.host}:{args.port} (Ctrl-C to stop)", flush=True)
+    print(f"MLflow UI on http://{args.host}:{command[-1]} (Ctrl-C to stop)", flush=True)
     os.execv(command[0], command)  # replaces this process: Ctrl-C goes straight to mlflow
     return 0
 

@@ -24,6 +24,7 @@ from study.report.tables import (
 )
 from study.stores import mask_uri, resolve_stores
 from study.stores.mlflow_client import quiet_downloads
+from study.stores.uris import DEFAULT_STATE_DIR, REPORTS_DIR
 
 
 @dataclass
@@ -152,11 +153,11 @@ def missing_notes(runs: StudyRuns, best: pd.DataFrame) -> list[str]:
 
 
 def build_report(mlflow_uri: str, study: str | None, out: str | Path | None = None,
-                 results_dir: str | Path = "results", report_command: str | None = None) -> Report:
+                 results_dir: str | Path = DEFAULT_STATE_DIR, report_command: str | None = None) -> Report:
     """Read the study from MLflow and write summary.csv, best_by_cell.csv, REPORT.md and the figures."""
     study = pick_study(mlflow_uri, study)
     stores = resolve_stores(study, results_dir, mlflow_uri=mlflow_uri)
-    out = Path(out) if out is not None else stores.study_dir
+    out = Path(out) if out is not None else Path(REPORTS_DIR) / study  # curated, apart from the run's state
     runs = load_study(mlflow_uri, study, stores.plan_file)
     if runs.summary.empty:
         raise UsageError(f"study {study!r} has no trial runs in MLflow {mask_uri(mlflow_uri)} yet")

@@ -1,6 +1,7 @@
 """CLI: `python -m study.report [--study NAME] [--out results/NAME]` — tables and figures from MLflow.
 
-Writes into --out (default `<results-dir>/<study>`): summary.csv (one row per trial),
+Writes into --out (default `results/<study>`, the curated report; the run's state stays
+under --state-dir): summary.csv (one row per trial),
 best_by_cell.csv (per cell the best learning rate; mean and 95% interval over seeds),
 REPORT.md and the figures. Works on a study that is still running or partly pruned:
 REPORT.md then lists what is missing. Reads only; never changes a run. A hand-written
@@ -16,15 +17,17 @@ from collections.abc import Sequence
 
 from study.report.build import build_report
 from study.stores import mlflow_uri_for
+from study.stores.uris import DEFAULT_STATE_DIR, REPORTS_DIR
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m study.report", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--study", default=None, help="study name (default: the only study in the store)")
-    p.add_argument("--out", default=None, help="output directory (default: <results-dir>/<study>)")
-    p.add_argument("--results-dir", default="results", help="where the embedded stores live (default: results)")
-    p.add_argument("--mlflow-uri", default=None, help="MLflow tracking URI (default: sqlite:///<results-dir>/mlflow.db)")
+    p.add_argument("--out", default=None, help=f"output directory (default: {REPORTS_DIR}/<study>)")
+    p.add_argument("--state-dir", "--results-dir", dest="results_dir", default=DEFAULT_STATE_DIR,
+                   help=f"where study.run kept the run's state (default: {DEFAULT_STATE_DIR})")
+    p.add_argument("--mlflow-uri", default=None, help="MLflow tracking URI (default: sqlite:///<state-dir>/mlflow.db)")
     return p.parse_args(argv)
 
 

@@ -1,12 +1,15 @@
 """Where a study keeps its state: MLflow, Optuna, Ray storage. Defaults and validation.
 
-Embedded default (no servers), everything under `--results-dir` (default `results/`):
+Embedded default (no servers): a run's state lives under `--state-dir` (default
+`results/runs/`, ignored by git), apart from the curated reports that `study.report`
+writes to `results/<study>/` (committed ones, like results/cpu, are never a run's state):
 
-    results/mlflow.db                  MLflow backend store (one experiment per study)
-    results/mlartifacts/<study>/       MLflow artifacts (sample grids, models, configs)
-    results/<study>/optuna.db          Optuna: one study per (study, cell), written by the driver only
-    results/<study>/ray/               Ray Tune experiments ("train", "sample") and trial checkpoints
-    results/<study>/plan.json          the expanded grid (checked by --resume)
+    results/runs/mlflow.db             MLflow backend store (one experiment per study)
+    results/runs/mlartifacts/<study>/  MLflow artifacts (sample grids, models, configs)
+    results/runs/<study>/optuna.db     Optuna: one study per (study, cell), written by the driver only
+    results/runs/<study>/ray/          Ray Tune experiments ("train", "sample") and trial checkpoints
+    results/runs/<study>/plan.json     the expanded grid (checked by --resume)
+    results/runs/<study>/history.json  when each invocation ran and for how long
 
 Every path is made absolute here, in the driver: Ray runs a trial in its own working
 directory, where a relative `sqlite:///mlflow.db` would silently create a new store.
@@ -30,12 +33,14 @@ from ddgan.errors import UsageError
 MLFLOW_SCHEMES = ("sqlite", "http", "https", "postgresql", "mysql", "mssql")
 OPTUNA_SCHEMES = ("sqlite", "postgresql", "mysql", "journal")
 REMOTE_STORAGE_SCHEMES = ("s3", "gs", "gcs", "hdfs", "abfs", "az")
+DEFAULT_STATE_DIR = "results/runs"  # a run's state (the CLIs' --state-dir, alias --results-dir)
+REPORTS_DIR = "results"  # curated reports: results/<study>/ (study.report --out)
 
 
 @dataclass(frozen=True)
 class Stores:
     study: str
-    results_dir: Path  # absolute
+    results_dir: Path  # absolute: the state directory (--state-dir), never a curated report folder
     mlflow_uri: str
     artifact_root: str | None  # file:// root for the embedded store; None lets a server decide
     optuna_url: str
@@ -49,6 +54,10 @@ class Stores:
     @property
     def plan_file(self) -> Path:
         return self.study_dir / "plan.json"
+
+    @property
+    def history_file(self) -> Path:
+        return self.study_dir / "history.json"
 
     @property
     def cache_dir(self) -> Path:
@@ -149,7 +158,7 @@ def normalize_storage_path(path: str) -> str:
     return str(Path(path).expanduser().resolve())
 
 
-def resolve_stores(study: str, results_dir: str | Path = "results", *, mlflow_uri: str | None = None,
+def resolve_stores(study: str, results_dir: str | Path = DEFAULT_STATE_DIR, *, mlflow_uri: str | None = None,
                    optuna_storage: str | None = None, storage_path: str | None = None,
                    address: str | None = None) -> Stores:
     """The study's stores: flags where given, embedded defaults under `results_dir` otherwise."""
@@ -171,5 +180,5 @@ def mlflow_uri_for(results_dir: str | Path, mlflow_uri: str | None) -> str:
     db = Path(results_dir).expanduser().resolve() / "mlflow.db"
     if not db.is_file():
         raise UsageError(f"no MLflow store at {str(db)!r}: run `python -m study.run` first, "
-                         "or pass --results-dir / --mlflow-uri")
+                         "or pass --state-dir / --mlflow-uri")
     return f"sqlite:///{db}"
