@@ -31,20 +31,20 @@ class DataConfig(_Section):
     dir: str | None = None  # None: $DDGAN_DATA_DIR, else torchvision download if `download`
     download: bool = False  # allow torchvision to download when no directory is found
     split: Literal["train", "test"] = "train"
-    subset: int | None = Field(default=None, gt=0)  # first N images (tests, quick runs)
+    subset: int | None = Field(default=None, gt=0, le=60_000)  # first N images (tests, quick runs)
 
 
 class ModelConfig(_Section):
     preset: str | None = None
-    base_channels: int = Field(default=32, gt=0)
+    base_channels: int = Field(default=32, gt=0, le=1024)
     channel_mult: tuple[int, ...] = (1, 2, 2)  # resolutions 28 / 14 / 7
-    num_res_blocks: int = Field(default=1, ge=1)
+    num_res_blocks: int = Field(default=1, ge=1, le=8)
     attn_resolutions: tuple[int, ...] = ()
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
-    t_emb_dim: int = Field(default=64, gt=0)
-    z_dim: int = Field(default=100, gt=0)  # DDGAN latent
-    z_emb_dim: int = Field(default=64, gt=0)  # width of the latent mapping MLP
-    disc_channels: int = Field(default=32, gt=0)
+    t_emb_dim: int = Field(default=64, gt=0, le=4096)
+    z_dim: int = Field(default=100, gt=0, le=4096)  # DDGAN latent
+    z_emb_dim: int = Field(default=64, gt=0, le=4096)  # width of the latent mapping MLP
+    disc_channels: int = Field(default=32, gt=0, le=1024)
     disc_channel_mult: tuple[int, ...] = (1, 2, 2)
 
     @field_validator("channel_mult", "disc_channel_mult")
@@ -56,10 +56,10 @@ class ModelConfig(_Section):
 
 
 class DiffusionConfig(_Section):
-    T: int = Field(default=4, ge=1)
+    T: int = Field(default=4, ge=1, le=10_000)  # tables and sampling loops of T steps
     schedule: Literal["vp", "linear", "cosine"] = "vp"
-    beta_min: float = Field(default=0.1, gt=0)
-    beta_max: float = Field(default=20.0, gt=0)
+    beta_min: float = Field(default=0.1, gt=0, le=1000, allow_inf_nan=False)
+    beta_max: float = Field(default=20.0, gt=0, le=1000, allow_inf_nan=False)
 
     @model_validator(mode="after")
     def _ranges(self) -> DiffusionConfig:
@@ -71,9 +71,9 @@ class DiffusionConfig(_Section):
 class ObjectiveConfig(_Section):
     loss: str = "ns"
     generator_form: Literal["nonsaturating", "minimax"] = "nonsaturating"
-    r1_gamma: float = Field(default=0.02, ge=0)
-    r1_interval: int = Field(default=1, ge=1)  # lazy R1: every k discriminator steps
-    gp_weight: float = Field(default=10.0, ge=0)  # wgan-gp only
+    r1_gamma: float = Field(default=0.02, ge=0, le=1e4, allow_inf_nan=False)
+    r1_interval: int = Field(default=1, ge=1, le=10_000)  # lazy R1: every k discriminator steps
+    gp_weight: float = Field(default=10.0, ge=0, le=1e4, allow_inf_nan=False)  # wgan-gp only
 
     @field_validator("loss")
     @classmethod
@@ -86,36 +86,36 @@ class ObjectiveConfig(_Section):
 
 
 class TrainConfig(_Section):
-    steps: int = Field(default=1000, ge=1)
-    batch_size: int = Field(default=64, ge=1)
-    lr_g: float = Field(default=1.6e-4, gt=0)  # generator / denoiser learning rate (the study's axis)
-    d_lr_ratio: float = Field(default=0.78125, gt=0)  # lr_d = lr_g * ratio (DDGAN CIFAR: 1.25e-4 / 1.6e-4)
+    steps: int = Field(default=1000, ge=1, le=10_000_000)
+    batch_size: int = Field(default=64, ge=1, le=4096)
+    lr_g: float = Field(default=1.6e-4, gt=0, le=1.0, allow_inf_nan=False)  # generator / denoiser learning rate (the study's axis)
+    d_lr_ratio: float = Field(default=0.78125, gt=0, le=100, allow_inf_nan=False)  # lr_d = lr_g * ratio (DDGAN CIFAR: 1.25e-4 / 1.6e-4)
     beta1: float = Field(default=0.5, ge=0, lt=1)
     beta2: float = Field(default=0.9, ge=0, lt=1)
     cosine_decay: bool = False
     ema_decay: float = Field(default=0.999, ge=0, lt=1)
     ema_warmup: bool = True  # decay min(ema_decay, (1 + step) / (10 + step)), see ddgan.ema
-    grad_clip: float | None = Field(default=None, gt=0)
-    seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    grad_clip: float | None = Field(default=None, gt=0, le=1e6, allow_inf_nan=False)
+    seed: int = Field(default=0, ge=0, le=2**63 - 1)
+    device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$")  # auto | cpu | cuda | cuda:N
     amp: bool = True  # bf16 autocast on CUDA (never on CPU)
     channels_last: bool = True  # CUDA only
     compile: bool = False
-    log_every: int = Field(default=10, ge=1)
+    log_every: int = Field(default=10, ge=1, le=10_000_000)
 
 
 class EvalConfig(_Section):
-    every: int = Field(default=500, ge=1)
-    n_samples: int = Field(default=256, ge=1)
-    batch_size: int = Field(default=256, ge=1)
-    seed: int = 1234  # fixed, so every trial is scored on the same noise
-    grid_size: int = Field(default=8, ge=1)  # an 8x8 sample grid per evaluation
+    every: int = Field(default=500, ge=1, le=10_000_000)
+    n_samples: int = Field(default=256, ge=1, le=100_000)
+    batch_size: int = Field(default=256, ge=1, le=4096)
+    seed: int = Field(default=1234, ge=0, le=2**63 - 1)  # fixed, so every trial is scored on the same noise
+    grid_size: int = Field(default=8, ge=1, le=32)  # an 8x8 sample grid per evaluation
     metrics: tuple[str, ...] = ()  # e.g. ("fd_fmnist",); empty: losses, grid and timing only
     final_metrics: tuple[str, ...] = ()  # extra metrics at the last step only (e.g. fid_inception)
-    final_n_samples: int | None = Field(default=None, ge=1)
+    final_n_samples: int | None = Field(default=None, ge=1, le=100_000)
     reference_split: Literal["train", "test"] = "train"
-    reference_n: int | None = Field(default=None, ge=2)  # None: the whole split (Inception on CPU: cap it)
-    respaced_steps: int | None = Field(default=None, ge=1)  # DDPM: sample with S < T steps
+    reference_n: int | None = Field(default=None, ge=2, le=60_000)  # None: the whole split (Inception on CPU: cap it)
+    respaced_steps: int | None = Field(default=None, ge=1, le=10_000)  # DDPM: sample with S < T steps
     sampler: Literal["ancestral", "ddim"] = "ancestral"  # DDPM only
 
     @field_validator("metrics", "final_metrics")
@@ -130,8 +130,8 @@ class EvalConfig(_Section):
 
 
 class CheckpointConfig(_Section):
-    every: int | None = Field(default=None, ge=1)  # None: at every evaluation
-    keep: int = Field(default=2, ge=1)
+    every: int | None = Field(default=None, ge=1, le=10_000_000)  # None: at every evaluation
+    keep: int = Field(default=2, ge=1, le=1000)
 
 
 class Config(_Section):

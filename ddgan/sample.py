@@ -1,47 +1,75 @@
 """CLI: `python -m ddgan.sample --checkpoint PATH --n 64 [--steps S] --out grid.png [--seed N]`.
 
 PATH is a training checkpoint, a run directory, or an export directory (verified
-against its sha256 manifest). Sampling always uses the EMA weights.
+against its sha256 manifest). Sampling always uses the EMA weights. The output is one
+PNG grid, so `--n` has a ceiling (MAX_IMAGES, a 100 x 100 grid); every argument is
+checked before the model is loaded.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
-from ddgan.cli import run_cli
+from ddgan.cli import ArgumentParser, run_cli
 from ddgan.errors import UsageError
 from ddgan.export import load_for_sampling
 from ddgan.methods import schedule_for
+from ddgan.paths import check_output_file
 from ddgan.sampler import sample_ddgan, sample_ddpm, sample_in_batches
 from ddgan.trainer import pick_device
 
+MAX_IMAGES = 10_000  # one PNG grid of 100 x 100 images (2,802 x 2,802 pixels)
+MAX_BATCH = 4096
+MAX_SEED = 2**63 - 1
+
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m ddgan.sample", description=__doc__)
+    p = ArgumentParser(prog="python -m ddgan.sample", description=__doc__)
     p.add_argument("--checkpoint", required=True, help="checkpoint file, run directory or export directory")
-    p.add_argument("--n", type=int, default=64, help="number of images")
+    p.add_argument("--n", type=int, default=64, help=f"number of images, 1..{MAX_IMAGES}")
     p.add_argument("--steps", type=int, default=None, help="DDPM only: sample with S <= T respaced steps")
     p.add_argument("--sampler", choices=["ancestral", "ddim"], default="ancestral", help="DDPM only")
     p.add_argument("--out", required=True, help="output PNG grid")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=256, help=f"images per forward pass, 1..{MAX_BATCH}")
     return p.parse_args(argv)
+
+
+def check_sizes(n: int, batch_size: int, seed: int) -> None:
+    """Every size within what one machine and one PNG can hold; checked before the model loads."""
+    if not 1 <= n <= MAX_IMAGES:
+        side = math.isqrt(MAX_IMAGES)
+        raise UsageError(f"--n must be in 1..{MAX_IMAGES} (one PNG grid of at most {side} x {side} images), got {n}")
+    if not 1 <= batch_size <= MAX_BATCH:
+        raise UsageError(f"--batch-size must be in 1..{MAX_BATCH}, got {batch_size}")
+    if not 0 <= seed <= MAX_SEED:
+        raise UsageError(f"--seed must be in 0..2**63-1, got {seed}")
+
+
+def sampling_device(name: str) -> torch.device:
+    """`auto`, `cpu`, `cuda`, `cuda:N` -> a device that exists here; anything else is a UsageError."""
+    try:
+        device = torch.device(name) if name != "auto" else None
+    except RuntimeError:
+        raise UsageError(f"--device {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if device is not None and device.type == "cuda" and device.index is not None and torch.cuda.is_available() \
+            and device.index >= torch.cuda.device_count():
+        raise UsageError(f"--device {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return pick_device(name)
 
 
 def generate(checkpoint: str | Path, n: int, *, seed: int = 0, steps: int | None = None,
              sampler: str = "ancestral", device: str = "auto", batch_size: int = 256) -> tuple[torch.Tensor, int]:
     """Images (n, 1, 28, 28) in [-1, 1] and the NFE per image."""
-    if n < 1:
-        raise UsageError(f"--n must be positive, got {n}")
-    dev = pick_device(device)
+    check_sizes(n, batch_size, seed)
+    dev = sampling_device(device)
     cfg, net = load_for_sampling(checkpoint, dev)
     schedule = schedule_for(cfg)
     if steps is not None and cfg.method == "ddgan" and steps != schedule.T:
@@ -63,9 +91,8 @@ def generate(checkpoint: str | Path, n: int, *, seed: int = 0, steps: int | None
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     out = Path(args.out)
-    parent = out.resolve().parent
-    if not parent.exists() or not os.access(parent, os.W_OK):
-        raise UsageError(f"cannot write {str(out)!r}: directory {str(parent)!r} is missing or not writable")
+    check_output_file(out, "--out")
+    check_sizes(args.n, args.batch_size, args.seed)
     images, nfe = generate(args.checkpoint, args.n, seed=args.seed, steps=args.steps, sampler=args.sampler,
                            device=args.device, batch_size=args.batch_size)
     from ddgan.metrics.grid import save_grid

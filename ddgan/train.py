@@ -1,21 +1,28 @@
-"""CLI: `python -m ddgan.train --config configs/<file>.yaml [--set key=value ...] --out DIR [--resume]`."""
+"""CLI: `python -m ddgan.train --config configs/<file>.yaml [--set key=value ...] --out DIR [--resume]`.
+
+Every check runs before the first write: the config (finite values in range), the
+output directory (no symlink loop, no file in the way, writable) and, with --resume,
+the checkpoint (readable, its config and weights fit together and match this config).
+Only then does `train` build anything and write `config.yaml`.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 from ddgan.callbacks import ConsoleProgress
-from ddgan.cli import run_cli
+from ddgan.checkpoint import check_resumable, latest_checkpoint, load_checkpoint
+from ddgan.cli import ArgumentParser, run_cli
 from ddgan.config import load_config
-from ddgan.errors import UsageError
+from ddgan.errors import TrainingDiverged, UsageError
+from ddgan.paths import check_output_dir
 from ddgan.trainer import train
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m ddgan.train", description=__doc__)
+    p = ArgumentParser(prog="python -m ddgan.train", description=__doc__)
     p.add_argument("--config", required=True, help="YAML config, e.g. configs/ddgan.yaml")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="dotted override, e.g. --set train.lr_g=2e-4 (repeatable)")
@@ -29,10 +36,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     cfg = load_config(args.config, args.overrides)
-    if args.resume and not (Path(args.out) / "checkpoints").is_dir():
-        raise UsageError(f"--resume: no checkpoints in {args.out!r} to resume from")
-    result = train(cfg, args.out, callbacks=[ConsoleProgress(disable=args.quiet)],
-                   resume_from=args.out if args.resume else None, data_dir=args.data_dir)
+    out = check_output_dir(args.out, "--out")
+    if args.resume:
+        found = latest_checkpoint(out / "checkpoints")
+        if found is None:
+            raise UsageError(f"--resume: no checkpoints in {args.out!r} to resume from")
+        check_resumable(load_checkpoint(found), cfg, found)
+    try:
+        result = train(cfg, out, callbacks=[ConsoleProgress(disable=args.quiet)],
+                       resume_from=out if args.resume else None, data_dir=args.data_dir)
+    except TrainingDiverged as err:  # not bad input (exit 1), but still one line: the checkpoints stay
+        print(f"error: {err}; lower train.lr_g or set train.grad_clip", file=sys.stderr)
+        return 1
     print(f"{result.status} at step {result.step}; checkpoint: {result.checkpoint}")
     return 0
 
