@@ -17,6 +17,7 @@ Magic 2051 = 0x00000803 (uint8, 3 dims: images), 2049 = 0x00000801 (uint8, 1 dim
 from __future__ import annotations
 
 import gzip
+import io
 import math
 import os
 import zlib
@@ -37,6 +38,9 @@ SPLITS = {  # split -> (file prefix, expected count)
     "test": ("t10k", 10_000),
 }
 _FIX = "re-copy it or verify with `sha256sum -c SHA256SUMS` in its directory"
+# The largest Fashion-MNIST file (train images) is 47,040,016 bytes uncompressed: a file, or a
+# gzip stream, beyond this ceiling is refused before it fills memory.
+MAX_IDX_BYTES = 64 * 2**20
 
 
 def resolve_data_dir(flag: str | os.PathLike | None, download: bool = False) -> Path:
@@ -97,15 +101,23 @@ def _download(root: Path) -> Path:
 
 def _read_bytes(path: Path) -> bytes:
     try:
+        size = path.stat().st_size
+        if size > MAX_IDX_BYTES:
+            raise DataError(f"{path} is {size} bytes, larger than any Fashion-MNIST IDX file; {_FIX}")
         raw = path.read_bytes()
     except OSError as err:
         raise DataError(f"cannot read {path}: {err.strerror or err}; check the path and permissions") from None
     if not (path.suffix == ".gz" or raw[:2] == b"\x1f\x8b"):
         return raw
     try:
-        return gzip.decompress(raw)
+        with gzip.GzipFile(fileobj=io.BytesIO(raw)) as stream:
+            data = stream.read(MAX_IDX_BYTES + 1)  # a gzip bomb stops here
     except (OSError, EOFError, zlib.error) as err:
         raise DataError(f"{path} is not a valid gzip file ({err}); {_FIX}") from None
+    if len(data) > MAX_IDX_BYTES:
+        raise DataError(f"{path} decompresses to more than {MAX_IDX_BYTES} bytes, larger than any "
+                        f"Fashion-MNIST IDX file; {_FIX}")
+    return data
 
 
 def read_idx(path: str | os.PathLike) -> np.ndarray:
