@@ -24,6 +24,7 @@ from ddgan.metrics.inception import resolve_weights
 from ddgan.strict import validate
 from study.grid import Grid, Plan, expand, load_grid
 from study.stores import Stores, preflight, resolve_stores
+from study.stores.uris import DEFAULT_STATE_DIR
 
 STUDY_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 FLAGS = {"cpus_per_trial": ("resources", "cpus"), "gpus_per_trial": ("resources", "gpus"),
@@ -35,6 +36,7 @@ class StudyOptions:
     grid: str
     study: str | None = None
     dry_run: bool = False
+    calibrate: bool = False  # --dry-run --calibrate: time a few steps here for the cost estimate
     resume: bool = False
     address: str | None = None
     storage_path: str | None = None
@@ -45,8 +47,8 @@ class StudyOptions:
     max_concurrent: int | None = None
     data_dir: str | None = None
     fid_weights: str | None = None
-    results_dir: str = "results"
-    cache_dir: str | None = None  # reference statistics; default $DDGAN_CACHE_DIR, else <results>/.cache
+    results_dir: str = DEFAULT_STATE_DIR  # the run's state (--state-dir); curated reports live elsewhere
+    cache_dir: str | None = None  # reference statistics; default $DDGAN_CACHE_DIR, else <state>/.cache
     verbose: int = 1
     command: str | None = None  # the CLI line that started the study (recorded on the parent run)
 
@@ -172,10 +174,24 @@ def _check_resume_checkpoints(stores: Stores) -> None:
                                   f"({type(err).__name__}); restore it or start a new study with --study NAME") from None
 
 
-def _check_gpus(grid: Grid, options: StudyOptions) -> None:
+def _check_gpus(grid: Grid, options: StudyOptions, notes: list[str]) -> None:
+    """A run needs the GPUs here (or a cluster); a dry-run plans anyway and says what is missing."""
     if grid.resources.gpus > 0 and options.address is None and torch.cuda.device_count() == 0:
-        raise UsageError(f"{grid.resources.gpus} GPU(s) per trial requested but this machine has no GPU "
-                         "(use --gpus-per-trial 0, or --address to join a cluster with GPUs)")
+        what = f"{grid.resources.gpus:g} GPU(s) per trial requested but this machine has no GPU"
+        if not options.dry_run:
+            raise UsageError(f"{what} (use --gpus-per-trial 0, or --address to join a cluster with GPUs)")
+        notes.append(f"{what}: a run here needs --gpus-per-trial 0, or --address to join a cluster with GPUs")
+
+
+def _check_data_or_note(options: StudyOptions, plan: Plan, notes: list[str]) -> Path | None:
+    """The data must be here for a run; a dry-run (a plan for another machine, maybe) notes its absence."""
+    try:
+        return _check_data(options.data_dir, plan)
+    except (DataError, UsageError) as err:
+        if not options.dry_run:
+            raise
+        notes.append(f"no usable Fashion-MNIST here ({err}); a run needs --data-dir or $DDGAN_DATA_DIR")
+        return None
 
 
 def prepare(options: StudyOptions) -> Prepared:
@@ -192,8 +208,8 @@ def prepare(options: StudyOptions) -> Prepared:
     stores = resolve_stores(study, options.results_dir, mlflow_uri=options.mlflow_uri,
                             optuna_storage=options.optuna_storage, storage_path=options.storage_path,
                             address=options.address)
-    _check_gpus(grid, options)
-    data_dir = _check_data(options.data_dir, plan)
+    _check_gpus(grid, options, notes)
+    data_dir = _check_data_or_note(options, plan, notes)
     preflight(stores)
     _check_resume(stores, plan, options.resume)
     return Prepared(options, plan, stores, data_dir, options.fid_weights, notes)

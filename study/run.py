@@ -25,7 +25,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--grid", required=True, help="grid name in configs/grids (smoke, cpu, full) or a YAML path")
     p.add_argument("--study", default=None, help="study name (default: the grid's name)")
-    p.add_argument("--dry-run", action="store_true", help="print the plan; start and write nothing")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the plan and its cost estimate; start and write nothing")
+    p.add_argument("--calibrate", action="store_true",
+                   help="with --dry-run: time a few training steps here for the cost estimate (seconds to a minute)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted study")
     p.add_argument("--address", default=None, help="Ray cluster: auto, host:port or ray://host:port")
     p.add_argument("--storage-path", default=None, help="Ray storage (shared directory or s3://...)")
@@ -47,7 +50,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     options = StudyOptions(
-        grid=args.grid, study=args.study, dry_run=args.dry_run, resume=args.resume, address=args.address,
+        grid=args.grid, study=args.study, dry_run=args.dry_run, calibrate=args.calibrate, resume=args.resume, address=args.address,
         storage_path=args.storage_path, mlflow_uri=args.mlflow_uri, optuna_storage=args.optuna_storage,
         gpus_per_trial=args.gpus_per_trial, cpus_per_trial=args.cpus_per_trial,
         max_concurrent=args.max_concurrent, data_dir=args.data_dir, fid_weights=args.fid_weights,

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import torch
 from optuna.trial import TrialState
 
+from study import cost
 from study.stores import mask_uri
 
 
@@ -24,8 +26,22 @@ def describe_plan(prep) -> str:
     lines += ["", f"{len(plan.trials)} trials in {len(plan.cells())} cells; {total_steps} training steps in all",
               f"data: {prep.data_dir}"]
     lines += [f"{name}: {value}" for name, value in stores.describe().items()]
+    lines += plan_cost(prep)
     lines += [f"note: {note}" for note in prep.notes]
     return "\n".join(lines)
+
+
+def plan_cost(prep) -> list[str]:
+    """Wall-clock here and GPU-hours on the reference GPU; `--calibrate` times a few steps here first."""
+    figures = cost.load_figures()
+    local, gpu = figures["cpu"], figures["gpu"]
+    if prep.options.calibrate:
+        local = cost.calibrate(prep.plan, local, "cpu")
+        if torch.cuda.is_available():
+            gpu = cost.calibrate(prep.plan, gpu, "cuda")
+    elif torch.cuda.is_available():
+        prep.notes.append("this machine has a GPU: --calibrate measures its figures instead of the reference GPU's")
+    return cost.describe(prep.plan, local, gpu)
 
 
 def _counts(book, plan) -> dict[str, int]:
