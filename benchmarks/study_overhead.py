@@ -39,7 +39,7 @@ def bare_run(spec, data_dir: Path, cache_dir: Path, out_dir: Path, threads: int)
     """Wall seconds of `python -m ddgan.train` on the trial's config: interpreter start, imports,
     data, evaluator (warm cache), training and evaluations; the trial's thread count."""
     env = {**os.environ, "DDGAN_CACHE_DIR": str(cache_dir), "OMP_NUM_THREADS": str(threads),
-           "MKL_NUM_THREADS": str(threads)}  # study.trainable.run_trial: torch.set_num_threads(cpus)
+           "MKL_NUM_THREADS": str(threads)}  # study.tuning.trial.run_trial: torch.set_num_threads(cpus)
     start = time.perf_counter()
     proc = subprocess.run([sys.executable, *bare_command(spec, out_dir)[1:], "--data-dir", str(data_dir), "--quiet"],
                           cwd=REPO, env=env, capture_output=True, text=True)

@@ -16,8 +16,9 @@ import sys
 from collections.abc import Sequence
 
 from ddgan.cli import run_cli
-from study.driver import StudyOptions, run_study
+from study.prepare import StudyOptions, prepare
 from study.stores.uris import DEFAULT_STATE_DIR
+from study.summary import describe_plan
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -56,6 +57,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         max_concurrent=args.max_concurrent, data_dir=args.data_dir, fid_weights=args.fid_weights,
         results_dir=args.results_dir, cache_dir=args.cache_dir, verbose=0 if args.quiet else 1,
         command=" ".join(["python -m study.run", *map(shlex.quote, sys.argv[1:] if argv is None else argv)]))
+    if options.dry_run:  # validates everything, starts and writes nothing: Ray and MLflow are not even loaded
+        print(describe_plan(prepare(options)))
+        return 0
+    # the Ray Tune / MLflow machinery loads only when a study runs
+    from study.driver import run_study
+
     print(run_study(options))
     return 0
 

@@ -2,7 +2,7 @@
 
 Everything the report and the export show comes from here, so their numbers are the
 MLflow values (`MlflowStore.runs_frame`; final metrics are MLflow's latest values).
-The layout it reads is the one `study.tracking` writes: an experiment named after the
+The layout it reads is the one `study.stores.tracking` writes: an experiment named after the
 study, a parent run tagged `role=study`, one nested run per trial tagged `role=trial`
 with `trial_key`, `cell`, `phase`, `method`, `loss`, `T`, `lr`, `seed`, `status`, ...
 and params holding the flattened resolved config.
@@ -20,7 +20,8 @@ from typing import Any
 import pandas as pd
 
 from ddgan.errors import UsageError
-from study.stores import MlflowStore, mask_uri
+from study.stores.mlflow_client import MlflowStore
+from study.stores.uris import mask_uri
 
 UNFINISHED = ("pending", "running")
 # Columns of summary.csv, in order; eval/* and train/* metric columns follow `metric`.

@@ -8,7 +8,6 @@
 """
 
 from study.stores.connect import init_stores, optuna_storage, preflight
-from study.stores.mlflow_client import MlflowStore
 from study.stores.uris import (
     Stores,
     mask_uri,
@@ -18,5 +17,5 @@ from study.stores.uris import (
     resolve_stores,
 )
 
-__all__ = ["MlflowStore", "Stores", "init_stores", "mask_uri", "mlflow_uri_for", "normalize_mlflow_uri",
+__all__ = ["Stores", "init_stores", "mask_uri", "mlflow_uri_for", "normalize_mlflow_uri",
            "normalize_optuna_url", "optuna_storage", "preflight", "resolve_stores"]

@@ -2,7 +2,9 @@
 
 `preflight` checks every store *before* anything is started: an MLflow server is probed
 through the client layer (`MlflowStore.probe`), a database with one `SELECT 1`, each with
-a short timeout; a file store's directory must be writable. Nothing is created.
+a short timeout; a file store's directory must be writable. Nothing is created. MLflow
+itself is imported only where a store is probed or created, so validating a study on the
+embedded default (`--dry-run`, bad input) loads neither MLflow nor Ray.
 `init_stores` then creates the databases once, in the driver (concurrent first-time
 migrations from trials fail). URIs are shown with their passwords masked.
 """
@@ -17,7 +19,6 @@ import sqlalchemy
 from optuna.storages.journal import JournalFileBackend
 
 from ddgan.errors import UsageError
-from study.stores.mlflow_client import MlflowStore
 from study.stores.uris import Stores, mask_uri, scheme_of, sqlite_path
 
 PROBE_TIMEOUT_S = 5.0
@@ -60,6 +61,8 @@ def preflight(stores: Stores, timeout: float = PROBE_TIMEOUT_S) -> None:
     if scheme == "sqlite":
         _check_writable_dir(sqlite_path(stores.mlflow_uri, "MLflow URI").parent, "MLflow store directory")
     elif scheme in ("http", "https"):
+        from study.stores.mlflow_client import MlflowStore  # MLflow loads only to probe a server
+
         MlflowStore(stores.mlflow_uri).probe("MLflow server", timeout)
     else:
         _probe_database(stores.mlflow_uri, "MLflow database", timeout)
@@ -90,5 +93,7 @@ def init_stores(stores: Stores) -> None:
     for url in (stores.mlflow_uri, stores.optuna_url):
         if scheme_of(url) in ("sqlite", "journal"):
             sqlite_path(url, "store").parent.mkdir(parents=True, exist_ok=True)
+    from study.stores.mlflow_client import MlflowStore  # see the module docstring
+
     MlflowStore(stores.mlflow_uri).search_experiments(max_results=1)  # creates/migrates the DB
     optuna_storage(stores.optuna_url)  # creates the tables
