@@ -222,6 +222,8 @@ class _Refuse(http.server.BaseHTTPRequestHandler):
         self.send_header("WWW-Authenticate", 'Basic realm="mlflow"')
         self.end_headers()
 
+    do_POST = do_GET  # noqa: N815 (the MLflow client searches with POST)
+
     def log_message(self, *args):
         pass
 
