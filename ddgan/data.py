@@ -181,8 +181,9 @@ def load_fashion_mnist(
         raise DataError(f"unknown split {split!r}; valid: {', '.join(SPLITS)}")
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
+        problem = "is a dangling symlink or a symlink loop" if data_dir.is_symlink() else "does not exist"
         raise DataError(
-            f"data directory {data_dir} does not exist; point data.dir / {DEFAULT_DATA_ENV} at "
+            f"data directory {data_dir} {problem}; point data.dir / {DEFAULT_DATA_ENV} at "
             "the folder with the four Fashion-MNIST IDX files, e.g. ../shared/data/fashion-mnist"
         )
     image_stem, label_stem = _file_stems(split)

@@ -13,16 +13,17 @@ import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from ddgan.cli import ArgumentParser, run_cli
 from ddgan.errors import UsageError
-from ddgan.export import load_for_sampling
-from ddgan.methods import schedule_for
 from ddgan.paths import check_output_file
-from ddgan.sampler import sample_ddgan, sample_ddpm, sample_in_batches
-from ddgan.trainer import pick_device
+
+if TYPE_CHECKING:
+    import torch
+
+# torch and the model code load only after the arguments passed their checks, so a typo or
+# an absurd size is answered in a fraction of a second, not after seconds of imports.
 
 MAX_IMAGES = 10_000  # one PNG grid of 100 x 100 images (2,802 x 2,802 pixels)
 MAX_BATCH = 4096
@@ -55,6 +56,10 @@ def check_sizes(n: int, batch_size: int, seed: int) -> None:
 
 def sampling_device(name: str) -> torch.device:
     """`auto`, `cpu`, `cuda`, `cuda:N` -> a device that exists here; anything else is a UsageError."""
+    import torch
+
+    from ddgan.trainer import pick_device
+
     try:
         device = torch.device(name) if name != "auto" else None
     except RuntimeError:
@@ -68,6 +73,12 @@ def sampling_device(name: str) -> torch.device:
 def generate(checkpoint: str | Path, n: int, *, seed: int = 0, steps: int | None = None,
              sampler: str = "ancestral", device: str = "auto", batch_size: int = 256) -> tuple[torch.Tensor, int]:
     """Images (n, 1, 28, 28) in [-1, 1] and the NFE per image."""
+    import torch
+
+    from ddgan.export import load_for_sampling
+    from ddgan.methods import schedule_for
+    from ddgan.sampler import sample_ddgan, sample_ddpm, sample_in_batches
+
     check_sizes(n, batch_size, seed)
     dev = sampling_device(device)
     cfg, net = load_for_sampling(checkpoint, dev)

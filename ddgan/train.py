@@ -12,13 +12,12 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from ddgan.callbacks import ConsoleProgress
-from ddgan.checkpoint import check_resumable, latest_checkpoint, load_checkpoint
 from ddgan.cli import ArgumentParser, run_cli
-from ddgan.config import load_config
 from ddgan.errors import TrainingDiverged, UsageError
 from ddgan.paths import check_output_dir
-from ddgan.trainer import train
+
+# torch and the model code load only after argparse accepted the flags (a typo is answered
+# at once); the config, the output directory and the checkpoint are then checked in turn.
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -35,8 +34,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    from ddgan.config import load_config
+
     cfg = load_config(args.config, args.overrides)
     out = check_output_dir(args.out, "--out")
+    from ddgan.callbacks import ConsoleProgress
+    from ddgan.checkpoint import check_resumable, latest_checkpoint, load_checkpoint
+    from ddgan.trainer import train
+
     if args.resume:
         found = latest_checkpoint(out / "checkpoints")
         if found is None:
