@@ -23,9 +23,10 @@ from optuna.trial import TrialState
 
 from ddgan.config import Config
 from ddgan.metrics.evaluator import prepare_reference
-from study import stores, summary, tuning
+from study import cost, history, stores, summary, tuning
 from study.grid import TrialSpec
 from study.prepare import Prepared, StudyOptions, prepare
+from study.progress import Progress
 from study.stores.tracking import Tracker
 from study.tuning.pruning import CellBook, build_pruner, register_driver
 from study.tuning.trial import TrialContext
@@ -117,10 +118,16 @@ def run_study(options: StudyOptions) -> str:
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     stores.init_stores(prep.stores)
     write_plan_file(prep)
+    invocation = history.start(prep.stores.history_file, study_command(options))
     for note in prep.notes:
         print(f"note: {note}")
+    figures = cost.load_figures()["gpu" if prep.grid.resources.gpus > 0 and torch.cuda.is_available() else "cpu"]
+    if options.verbose:
+        print(f"{len(prep.plan.trials)} trials; " + cost.describe(prep.plan, figures, cost.load_figures()["gpu"])[2].strip())
     prepare_references(prep)
     hooks, context = _bookkeeping(prep)
+    if options.verbose:  # one overall progress line (trials, steps, ETA) beside Ray's per-phase table
+        hooks.progress = Progress(prep.plan, hooks.book, figures, cost.local_slots(prep.plan))
     register_driver(prep.stores.study, hooks)
     tuning.init_ray(options.address, prep.grid.resources.gpus)
     resources = {"cpu": prep.grid.resources.cpus, "gpu": prep.grid.resources.gpus}
@@ -134,7 +141,8 @@ def run_study(options: StudyOptions) -> str:
                       max_concurrent=prep.grid.max_concurrent, max_failures=prep.grid.max_failures,
                       resume=options.resume, verbose=options.verbose)
             hooks.reconcile([s.key for s in specs])
-    text, counts = summary.summarize(prep, hooks.book, time.perf_counter() - start)
+    runs = history.finish(prep.stores.history_file, invocation, time.perf_counter() - start)
+    text, counts = summary.summarize(prep, hooks.book, time.perf_counter() - start, runs)
     hooks.tracker.finish_parent(hooks.parent_run_id, counts, {
         "wall_minutes": f"{(time.perf_counter() - start) / 60:.1f}", "machine": machine_description()})
     return text

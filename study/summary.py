@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import shlex
+from pathlib import Path
+
 import torch
 from optuna.trial import TrialState
 
-from study import cost
+from study import cost, history
 from study.stores import mask_uri
+from study.stores.uris import DEFAULT_STATE_DIR, REPORTS_DIR
 
 
 def describe_plan(prep) -> str:
@@ -52,10 +56,12 @@ def _counts(book, plan) -> dict[str, int]:
     return counts
 
 
-def summarize(prep, book, seconds: float) -> tuple[str, dict[str, int]]:
-    """Best trial per cell, counts by final state, where the results are."""
+def summarize(prep, book, seconds: float, runs: list[dict] | None = None) -> tuple[str, dict[str, int]]:
+    """Best trial per cell, counts by final state, the study's own time, where the results are, what next.
+
+    seconds: this invocation's time; runs: every invocation (study.history), for the study's total."""
     plan, grid, stores = prep.plan, prep.grid, prep.stores
-    lines = [f"study {stores.study!r}: {len(plan.trials)} trials in {seconds / 60:.1f} min", "",
+    lines = [f"study {stores.study!r}: {len(plan.trials)} trials in {history.describe(runs or [], seconds)}", "",
              f"{'cell':<28} {'best ' + grid.metric:<30} {'trial':<40} done/pruned/failed"]
     for cell, specs in plan.cells().items():
         frozen = [book.frozen(s.key) for s in specs]
@@ -67,8 +73,27 @@ def summarize(prep, book, seconds: float) -> tuple[str, dict[str, int]]:
         lines.append(f"{cell:<28} {value:<30} {name:<40} {'/'.join(map(str, states))}")
     counts = _counts(book, plan)
     lines += ["", "trials: " + ", ".join(f"{v} {k}" for k, v in counts.items()),
-              f"results: {stores.study_dir}", f"MLflow: {mask_uri(stores.mlflow_uri)} (experiment {stores.study!r})",
-              f"Optuna: {mask_uri(stores.optuna_url)} (studies {stores.study}/<cell>)"]
-    if stores.mlflow_uri.startswith("sqlite:"):
-        lines.append(f"browse: python -m study.ui --results-dir {stores.results_dir}")
+              f"run state: {stores.study_dir}", f"MLflow: {mask_uri(stores.mlflow_uri)} (experiment {stores.study!r})",
+              f"Optuna: {mask_uri(stores.optuna_url)} (studies {stores.study}/<cell>)", "", "next:"]
+    lines += [f"  {command:<78} # {what}" for command, what in next_commands(stores)]
     return "\n".join(lines), counts
+
+
+def next_commands(stores) -> list[tuple[str, str]]:
+    """What to run after a study, with the flags that find this study's stores."""
+    where = []
+    if stores.mlflow_uri.startswith("sqlite:"):
+        if stores.results_dir != Path(DEFAULT_STATE_DIR).resolve():
+            where = ["--state-dir", str(stores.results_dir)]
+    else:
+        where = ["--mlflow-uri", mask_uri(stores.mlflow_uri)]
+    name = ["--study", stores.study]
+    out = [(shlex.join(["python", "-m", "study.report", *name, *where]), f"REPORT.md, tables, figures in {REPORTS_DIR}/{stores.study}/"),
+           (shlex.join(["python", "-m", "study.export", *name, "--top-k", "1", "--per", "loss", "--out", "exports/", *where]),
+            "the best model per loss, ready for ddgan.sample")]
+    if stores.mlflow_uri.startswith("sqlite:"):
+        out.append((shlex.join(["python", "-m", "study.ui", *where]), "MLflow UI on 127.0.0.1:5000"))
+    if stores.optuna_url.startswith("sqlite:"):
+        state = ["--state-dir", str(stores.results_dir)] if where and where[0] == "--state-dir" else []
+        out.append((shlex.join(["python", "-m", "study.ui", "--optuna", *name, *state]), "Optuna dashboard on 127.0.0.1:8080"))
+    return out

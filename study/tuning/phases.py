@@ -100,9 +100,25 @@ class StudyCallback(tune.Callback):
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
         driver_for(self.study_key).on_complete(trial.config["trial"]["key"], trial.last_result)
+        self._progress(trials, force=True)
 
     def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
         driver_for(self.study_key).on_error(trial.config["trial"]["key"], trial.error_file)
+        self._progress(trials, force=True)
+
+    def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info) -> None:
+        progress = getattr(driver_for(self.study_key), "progress", None)
+        if progress is not None:
+            progress.on_result(trial.config["trial"]["key"], result.get("step"))
+
+    def on_step_end(self, iteration: int, trials: list, **info) -> None:
+        self._progress(trials)
+
+    def _progress(self, trials: list, force: bool = False) -> None:
+        """The study's one overall progress line (study.progress), when the driver asked for it."""
+        progress = getattr(driver_for(self.study_key), "progress", None)
+        if progress is not None:
+            progress.on_loop([t.config["trial"]["key"] for t in trials if t.status == "RUNNING"], force=force)
 
 
 def init_ray(address: str | None, num_gpus_needed: float) -> None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -92,6 +93,9 @@ class StudyReporter(Callback):
     def on_train_step(self, step: int, metrics: dict[str, float]) -> None:
         self.pending[step] = dict(metrics)
         self.last_train = dict(metrics)
+        # The step alone (no metric: the pruner ignores it), so the driver's progress line and
+        # Ray's table follow a running trial between its evaluations.
+        tune.report({"step": step, "total_steps": self.total_steps})
 
     def on_eval(self, step, metrics, artifacts, checkpoint) -> None:
         if self.metric.startswith("eval/") and self.metric not in metrics:
@@ -174,9 +178,22 @@ def _replay_finished(run: TrialRun, previous: dict[str, str], total: int) -> Non
     run.finish(status, "FINISHED" if status == "completed" else "KILLED")
 
 
+def quiet_exit_hook(unraisable, default=sys.__unraisablehook__) -> None:
+    """`sys.unraisablehook` of a trial's worker: drop only a SystemExit raised where Python cannot
+    propagate it. Ray ends a finished trial's worker with SIGTERM, whose handler raises
+    SystemExit(1); when the signal lands while the worker runs a garbage-collection callback
+    (e.g. a WeakSet's `_remove`), Python prints "Exception ignored in: <function WeakSet...>"
+    and a traceback ending in `SystemExit: 1` although every trial succeeded. The worker is
+    exiting as asked either way; anything else still goes to the default hook."""
+    if isinstance(unraisable.exc_value, SystemExit):
+        return
+    default(unraisable)
+
+
 def run_trial(config: dict[str, Any], context: TrialContext) -> None:
     """The Tune function. `config["trial"]["key"]` selects the trial; the rest is in `context`."""
     os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+    sys.unraisablehook = quiet_exit_hook  # this worker process only (see quiet_exit_hook)
     key = config["trial"]["key"]
     spec, cfg = context.specs[key], Config.from_dict(context.configs[key])
     torch.set_num_threads(max(1, int(context.cpus_per_trial)))
