@@ -4,11 +4,13 @@
 creates the databases and the plan file, computes the reference statistics once, finds or
 creates the Optuna trials and MLflow runs of every trial, and runs the "train" phase and
 then the "sample" phase (respaced DDPM cells) as Ray Tune experiments under the Ray
-storage path, each resumable with `Tuner.restore`.
+storage path. `--resume` reads only the project's own state (plan.json, the Optuna and
+MLflow stores, checkpoint files loaded with weights_only), never Ray's pickles.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
@@ -25,7 +27,7 @@ from ddgan.config import Config
 from ddgan.metrics.evaluator import prepare_reference
 from study import cost, history, stores, summary, tuning
 from study.grid import TrialSpec
-from study.prepare import Prepared, StudyOptions, prepare
+from study.prepare import Prepared, StudyOptions, newest_checkpoints, prepare
 from study.progress import Progress
 from study.stores.tracking import Tracker
 from study.tuning.pruning import CellBook, build_pruner, register_driver
@@ -136,10 +138,13 @@ def run_study(options: StudyOptions) -> str:
         if phase == "sample":
             specs = _runnable_sample_trials(specs, hooks)
         if specs:
-            tuning.run_phase(phase, [{"key": s.key, "cell": s.cell} for s in specs], context,
+            phase_context = _resumed(context, hooks, specs, prep, phase) if options.resume else context
+            if len(phase_context.ended) == len(specs):
+                continue  # --resume: every trial of this phase has ended; Ray's record stays as it was
+            tuning.run_phase(phase, [{"key": s.key, "cell": s.cell} for s in specs], phase_context,
                       storage=prep.stores.ray_storage, resources=resources,
                       max_concurrent=prep.grid.max_concurrent, max_failures=prep.grid.max_failures,
-                      resume=options.resume, verbose=options.verbose)
+                      verbose=options.verbose)
             hooks.reconcile([s.key for s in specs])
     runs = history.finish(prep.stores.history_file, invocation, time.perf_counter() - start)
     text, counts = summary.summarize(prep, hooks.book, time.perf_counter() - start, runs)
@@ -151,6 +156,17 @@ def run_study(options: StudyOptions) -> str:
 def machine_description() -> str:
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     return f"{platform.machine()} {os.cpu_count()} cores, {gpu}, torch {torch.__version__}"
+
+
+def _resumed(context: TrialContext, hooks, specs: list[TrialSpec], prep: Prepared, phase: str) -> TrialContext:
+    """The context of a resumed phase: which trials ended (Optuna, after `reconcile` with MLflow)
+    and which checkpoint file each other trial continues from. Ray's saved state is not read."""
+    keys = [s.key for s in specs]
+    hooks.reconcile(keys)
+    names = {TrialState.COMPLETE: "completed", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed"}
+    ended = {k: names[hooks.book.frozen(k).state] for k in keys if hooks.book.frozen(k).state in names}
+    found = newest_checkpoints(prep.stores.ray_storage, phase)
+    return dataclasses.replace(context, ended=ended, resume_from={k: found[k] for k in keys if k in found and k not in ended})
 
 
 def _runnable_sample_trials(specs: list[TrialSpec], hooks) -> list[TrialSpec]:

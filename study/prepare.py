@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from ddgan.checkpoint import load_checkpoint
 from ddgan.config import Config
 from ddgan.data import load_fashion_mnist, resolve_data_dir
 from ddgan.errors import CheckpointError, DataError, UsageError
@@ -23,7 +24,7 @@ from ddgan.metrics.evaluator import metric_specs
 from ddgan.metrics.inception import resolve_weights
 from ddgan.strict import validate
 from study.grid import Grid, Plan, expand, load_grid
-from study.stores import Stores, preflight, resolve_stores
+from study.stores import Stores, mask_uri, preflight, resolve_stores
 from study.stores.uris import DEFAULT_STATE_DIR
 
 STUDY_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
@@ -155,23 +156,45 @@ def _check_resume(stores: Stores, plan: Plan, resume: bool) -> None:
         _check_resume_checkpoints(stores)
 
 
-def _check_resume_checkpoints(stores: Stores) -> None:
-    """--resume: the newest Ray checkpoint of every trial must open (`weights_only`, memory-mapped,
-    so cheap: a truncated or garbage file is refused here instead of failing its trial on every retry)."""
-    if "://" in stores.ray_storage:
-        return  # remote storage: the trial checks it when it restores
-    for trial_dir in sorted(p for p in Path(stores.ray_storage).glob("*/*") if p.is_dir()):
-        saved = sorted(trial_dir.glob("checkpoint_*"))
-        files = sorted(saved[-1].glob("ckpt_*.pt")) if saved else []
-        if saved and not files:
-            raise CheckpointError(f"--resume: Ray checkpoint {str(saved[-1])!r} holds no ckpt_*.pt file")
-        if not files:
+def newest_checkpoints(ray_storage: str, phase: str) -> dict[str, str]:
+    """trial key -> the newest `ckpt_*.pt` (highest step) under `<ray storage>/<phase>/<key>/checkpoint_*/`.
+
+    What `--resume` continues from: plain files listed by name, never Ray's saved experiment
+    state (pickles, see study.tuning.phases). A local path or a remote URI (through pyarrow)."""
+    import pyarrow.fs
+
+    root = f"{ray_storage.rstrip('/')}/{phase}"
+    fs, base = pyarrow.fs.FileSystem.from_uri(root) if "://" in root else (pyarrow.fs.LocalFileSystem(), root)
+    try:
+        found = fs.get_file_info(pyarrow.fs.FileSelector(base, recursive=True, allow_not_found=True))
+    except OSError as err:
+        raise UsageError(f"--resume: cannot list {mask_uri(root)!r} ({err})") from None
+    newest: dict[str, tuple[int, str]] = {}
+    for info in found:
+        parts = info.path[len(base.rstrip("/")) + 1:].split("/")  # <key>/checkpoint_NNNNNN/ckpt_SSSSSSS.pt
+        match = re.fullmatch(r"ckpt_(\d+)\.pt", parts[-1])
+        if info.type != pyarrow.fs.FileType.File or len(parts) != 3 or not match or \
+                not parts[1].startswith("checkpoint_"):
             continue
-        try:
-            torch.load(files[-1], map_location="cpu", weights_only=True, mmap=True)
-        except Exception as err:  # truncated zip, garbage bytes, disallowed pickle globals
-            raise CheckpointError(f"--resume: checkpoint {str(files[-1])!r} is unreadable or corrupt "
-                                  f"({type(err).__name__}); restore it or start a new study with --study NAME") from None
+        step = int(match.group(1))
+        if step >= newest.get(parts[0], (-1, ""))[0]:
+            where = f"{root}/{'/'.join(parts)}" if "://" in root else info.path
+            newest[parts[0]] = (step, where)
+    return {key: where for key, (_, where) in newest.items()}
+
+
+def _check_resume_checkpoints(stores: Stores) -> None:
+    """--resume: the checkpoint every unfinished trial will continue from must be a checkpoint of
+    this project (`load_checkpoint`: weights_only, its config and weights fit together); a truncated,
+    garbage or crafted file is refused here instead of failing its trial on every retry."""
+    if "://" in stores.ray_storage:
+        return  # remote storage: the trainer checks the file when it loads it
+    for phase in ("train", "sample"):
+        for path in newest_checkpoints(stores.ray_storage, phase).values():
+            try:
+                load_checkpoint(path)
+            except CheckpointError as err:
+                raise CheckpointError(f"--resume: {err}; restore it or start a new study with --study NAME") from None
 
 
 def _check_gpus(grid: Grid, options: StudyOptions, notes: list[str]) -> None:

@@ -617,3 +617,48 @@ def test_passwords_are_masked_in_errors_plans_and_the_recorded_command(tmp_path,
     assert secret not in study_command(StudyOptions(grid="g", command=command))
     for uri in (f"postgresql://u:{secret}/x@db/o", f"postgresql://u:{secret}@x@db/o", f"mysql://u@h/d?password={secret}"):
         assert secret not in mask_uri(uri), uri
+
+
+# -- issue 17, class 1: --resume never unpickles what it cannot verify ----------------------------
+
+
+class _ShellCommand:
+    """Unpickling this runs a shell command (what a crafted tuner.pkl did before)."""
+
+    def __init__(self, command: str):
+        self.command = command
+
+    def __reduce__(self):
+        return os.system, (self.command,)
+
+
+def test_resume_never_unpickles_rays_state(tmp_path, fmnist_dir, ray_session, monkeypatch):
+    """A study folder whose Ray state holds a crafted pickle (tuner.pkl, as Tuner.restore reads it):
+    `--resume` runs the study from the project's own state and the pickle's command never runs."""
+    import pickle
+
+    from optuna.trial import TrialState
+
+    from study.driver import StudyOptions, run_study
+    from study.stores import resolve_stores
+
+    monkeypatch.setenv("DDGAN_CACHE_DIR", str(tmp_path / "cache"))
+    env = Env(tmp_path, fmnist_dir)
+    grid = env.previous_study(env.grid())  # plan.json of an interrupted study, nothing else
+    marker = tmp_path / "pwned"
+    ray_train = env.results / "bad" / "ray" / "train"
+    ray_train.mkdir(parents=True)
+    for name in ("tuner.pkl", "trainable.pkl"):
+        (ray_train / name).write_bytes(pickle.dumps(_ShellCommand(f"touch {marker}")))
+    pickle.loads(pickle.dumps(_ShellCommand(f"touch {tmp_path / 'control'}")))  # the payload works
+    assert (tmp_path / "control").exists()
+
+    run_study(StudyOptions(grid=grid, results_dir=str(env.results), data_dir=str(fmnist_dir),
+                           cache_dir=str(tmp_path / "cache"), address=ray_session, resume=True, verbose=0))
+    assert not marker.exists(), "--resume unpickled Ray's state"
+    import optuna
+
+    storage = resolve_stores("bad", str(env.results)).optuna_url
+    states = {t.user_attrs["trial_key"]: t.state for summary in optuna.get_all_study_summaries(storage)
+              for t in optuna.load_study(study_name=summary.study_name, storage=storage).get_trials()}
+    assert states == {KEY: TrialState.COMPLETE}  # the resume did run the study

@@ -1,13 +1,14 @@
-"""Ray Tune wiring: the driver's hooks, one Tune experiment per phase, resume with `Tuner.restore`.
+"""Ray Tune wiring: the driver's hooks, one Tune experiment per phase.
 
-Ray keeps its state under `<ray storage>/<phase>` ("train", then "sample"). On
-`--resume` each phase that has a saved experiment is restored (finished trials stay
-finished, unfinished ones continue from their last reported checkpoint, failed ones
-stay failed); a phase that never started starts fresh.
-
-`Tuner.restore` unpickles the scheduler and callbacks as they were when the study
-started, so they carry only the study name and look up the live `DriverHooks`
-(Optuna bookkeeping, MLflow) that this invocation registered (see study.tuning.pruning).
+Ray keeps its state under `<ray storage>/<phase>` ("train", then "sample"). `--resume`
+never calls `Tuner.restore`: that unpickles `tuner.pkl` and the cloudpickled trial state
+in `experiment_state-*.json`, so whoever can write the storage path (a shared file system,
+a copied study folder) would run code in the driver. A resumed phase is a new Tune
+experiment over the same trials, built from the project's own state (study/FAULTS.md):
+trials whose end Optuna and MLflow hold report it to Ray and stop at once (failed ones
+stay failed), the others continue from their newest checkpoint file (`resume_from`,
+loaded with `weights_only=True`). The scheduler and callbacks carry only the study name
+and look up the live `DriverHooks` of this invocation (see study.tuning.pruning).
 """
 
 from __future__ import annotations
@@ -148,14 +149,10 @@ def _reporter(metric: str):
 
 
 def run_phase(phase: str, keys: list[dict[str, str]], context: TrialContext, *, storage: str,
-              resources: dict[str, float], max_concurrent: int | None, max_failures: int, resume: bool,
+              resources: dict[str, float], max_concurrent: int | None, max_failures: int,
               verbose: int) -> Any:
-    """Run (or restore) the Tune experiment of one phase; returns Ray's ResultGrid."""
+    """Run the Tune experiment of one phase (resumed: see the module docstring); returns Ray's ResultGrid."""
     trainable = tune.with_resources(tune.with_parameters(run_trial, context=context), resources)
-    path = f"{storage.rstrip('/')}/{phase}"
-    if resume and tune.Tuner.can_restore(path):
-        tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=False)
-        return tuner.fit()
     tuner = tune.Tuner(
         trainable,
         param_space={"trial": tune.grid_search(keys)},

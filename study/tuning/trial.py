@@ -24,7 +24,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +62,11 @@ class TrialContext:
     cache_dir: str | None = None
     fid_weights: str | None = None
     cpus_per_trial: float = 1.0
+    # --resume (never `Tuner.restore`, see study.tuning.phases): the newest checkpoint file of each
+    # unfinished trial found in the previous session's Ray storage, and the trials whose end the
+    # stores already hold (key -> completed | pruned | failed): those tell Ray and touch nothing.
+    resume_from: dict[str, str] = field(default_factory=dict)
+    ended: dict[str, str] = field(default_factory=dict)
 
 
 def make_evaluator(cfg: Config, ctx: TrialContext, device: torch.device):
@@ -170,6 +175,31 @@ def _restore_from_ray(work_dir: Path) -> Path | None:
     return target
 
 
+def _restore_from_previous_session(work_dir: Path, source: str | None) -> Path | None:
+    """--resume: copy the checkpoint file the driver chose (and verified, on local storage) into
+    `work_dir/checkpoints`; the trainer loads it with `weights_only=True` and checks it again."""
+    if source is None:
+        return None
+    import pyarrow.fs  # a Ray dependency: local paths and remote URIs alike
+
+    ckpt_dir = work_dir / "checkpoints"
+    shutil.rmtree(ckpt_dir, ignore_errors=True)
+    ckpt_dir.mkdir(parents=True)
+    target = ckpt_dir / source.rstrip("/").rsplit("/", 1)[-1]
+    pyarrow.fs.copy_files(source, str(target))
+    return target
+
+
+class TrialEndedBefore(RuntimeError):
+    """--resume: a trial the stores record as failed stays failed (Ray records ERROR, nothing reruns)."""
+
+
+def _report_ended(key: str, status: str, total: int) -> None:
+    if status == "failed":
+        raise TrialEndedBefore(f"trial {key} had failed before this --resume; it stays failed")
+    tune.report({"step": total, "total_steps": total})  # no metric: nothing reaches Optuna again
+
+
 def _replay_finished(run: TrialRun, previous: dict[str, str], total: int) -> None:
     """The run already ended (driver restarted before Ray saved that): report its last values."""
     latest = run.client.get_run(run.run_id).data.metrics
@@ -195,6 +225,9 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
     os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
     sys.unraisablehook = quiet_exit_hook  # this worker process only (see quiet_exit_hook)
     key = config["trial"]["key"]
+    if key in context.ended:  # --resume: its end is recorded already
+        _report_ended(key, context.ended[key], int(context.specs[key]["total_steps"]))
+        return
     spec, cfg = context.specs[key], Config.from_dict(context.configs[key])
     torch.set_num_threads(max(1, int(context.cpus_per_trial)))
     run = TrialRun(context.mlflow_uri, context.run_ids[key])
@@ -222,7 +255,8 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
 
 def _train(spec: dict[str, Any], cfg: Config, context: TrialContext, run: TrialRun, reporter: StudyReporter,
            work_dir: Path) -> None:
-    resume = _restore_from_ray(work_dir)
+    resume = _restore_from_ray(work_dir) or _restore_from_previous_session(
+        work_dir, context.resume_from.get(spec["key"]))
     run.log_artifact(save_config(cfg, work_dir / "config.yaml"), None)
     device = pick_device(cfg.train.device)
     evaluator = make_evaluator(cfg, context, device)
