@@ -5,7 +5,7 @@ saved at `DPI` without tight bounding boxes, so its pixel size is `figsize * DPI
 exactly (tests check it; see `grid_figsize`). Missing data never raises: a figure with
 nothing to draw is skipped and the caller says so in REPORT.md.
 
-  metric vs T      DDPM (seed fig. 1), DDGAN ns (fig. 3), all objectives (fig. 5); error
+  metric vs T      DDPM (the paper's Fig. 1), DDGAN ns (Fig. 3), all objectives (Fig. 5); error
                    bars are 95% intervals over seeds where a cell has more than one
   sample grids     per model, the final grid of each cell's best trial (figs. 2, 4, 6-8)
   Pareto front     metric vs sampling ms per image, every cell, DDPM and DDGAN together
@@ -169,15 +169,46 @@ def plot_pareto(speed: pd.DataFrame, metric: str, mode: str, path: Path) -> Path
                    label=None if label in seen else label)
         seen.add(label)
         respaced = row["method"] == "ddpm" and int(row["sampling_steps"]) != int(row["T"])
+    offsets = label_offsets(np.log10(rows[MS].to_numpy(float)), rows[f"{metric}_mean"].to_numpy(float))
+    for (_, row), dy in zip(rows.iterrows(), offsets, strict=True):
+        respaced = row["method"] == "ddpm" and int(row["sampling_steps"]) != int(row["T"])
         short = f"S={int(row['sampling_steps'])}" if respaced else f"T={row['T']}"  # the legend names the rest
-        ax.annotate(short, (row[MS], row[f"{metric}_mean"]), fontsize=7, xytext=(4, 3), textcoords="offset points")
+        ax.annotate(short, (row[MS], row[f"{metric}_mean"]), fontsize=7, xytext=(4, 3 + dy), textcoords="offset points")
     front = rows[pareto_mask(rows[MS].to_numpy(), rows[f"{metric}_mean"].to_numpy(), mode)].sort_values(MS)
     ax.step(front[MS], front[f"{metric}_mean"], where="post", linestyle="--", color="black", linewidth=1,
             label="Pareto front", zorder=2)
     _finish_axes(ax, metric, mode, "sampling time, ms per image (log)", "Quality vs sampling speed", log_x=False)
     ax.set_xscale("log")
-    ax.xaxis.set_major_formatter(lambda value, _: f"{value:g}")
+    readable_log_ticks(ax.xaxis, rows[MS].min(), rows[MS].max())
     return _save(fig, path)
+
+
+def readable_log_ticks(axis, low: float, high: float) -> None:
+    """Plain numbers at 1-2-5 steps on a log axis (1, 2, 5, 10, 20, ...; finer within a decade), no minor labels: matplotlib
+    would otherwise label a range of less than a decade with minor ticks such as 3x10^0, 4x10^0."""
+    low, high = max(low, 1e-9), max(high, low)
+    first, last = math.floor(math.log10(low)), math.ceil(math.log10(high))
+    steps = (1, 2, 5) if high / low >= 10 else (1, 1.5, 2, 3, 4, 5, 6, 8)  # under a decade: finer
+    ticks = [m * 10.0**e for e in range(first, last + 1) for m in steps if low / 1.2 <= m * 10.0**e <= high * 1.2]
+    axis.set_major_locator(FixedLocator(ticks or [low]))
+    axis.set_major_formatter(lambda value, _: f"{value:g}")
+    axis.set_minor_formatter(NullFormatter())
+
+
+def label_offsets(x: np.ndarray, y: np.ndarray, near: float = 0.035, step: float = -9.0) -> list[float]:
+    """Vertical offsets (points) that keep point labels from overlapping: each label moves one line
+    down per earlier label whose point is within `near` of it (x and y scaled to [0, 1]), e.g. the
+    T=1 cells of several losses, which sample equally fast and score alike."""
+    def unit(v: np.ndarray) -> np.ndarray:
+        span = float(np.nanmax(v) - np.nanmin(v)) if len(v) else 0.0
+        return (v - np.nanmin(v)) / span if span > 0 else np.zeros_like(v)
+
+    ux, uy = unit(np.asarray(x, float)), unit(np.asarray(y, float))
+    offsets: list[float] = []
+    for i in range(len(ux)):
+        crowd = sum(abs(ux[i] - ux[j]) < near and abs(uy[i] - uy[j]) < near for j in range(i))
+        offsets.append(crowd * step)
+    return offsets
 
 
 def _curve_panel(ax, trials: pd.DataFrame, histories: dict[str, pd.DataFrame], colors: dict[float, str],

@@ -12,9 +12,9 @@ from study.report.data import StudyRuns, protocol_rows, provenance
 from study.report.tables import MS, NFE, cell_label, fmt, fmt_interval, markdown_table
 
 FIGURE_CAPTIONS = {
-    "fig1_ddpm_metric_vs_steps": "DDPM: quality against the number of sampling steps (seed fig. 1).",
-    "fig3_ddgan_ns_metric_vs_T": "DDGAN with the non-saturating loss: quality against T (seed fig. 3).",
-    "fig5_objectives_metric_vs_T": "All GAN objectives on one axis (seed fig. 5).",
+    "fig1_ddpm_metric_vs_steps": "DDPM: quality against the number of sampling steps (as in the paper's Fig. 1).",
+    "fig3_ddgan_ns_metric_vs_T": "DDGAN with the non-saturating loss: quality against T (as in the paper's Fig. 3).",
+    "fig5_objectives_metric_vs_T": "All GAN objectives on one axis (as in the paper's Fig. 5).",
     "pareto_metric_vs_ms": "Quality against sampling time per image, every cell; dashed: the Pareto front.",
     "learning_curves": "The metric at every evaluation; colour = learning rate, end marker = how the trial ended.",
 }
@@ -40,10 +40,40 @@ def header(runs: StudyRuns, generated: str, report_command: str) -> list[str]:
     state = "finished" if finished else "**incomplete: still running, interrupted or partly failed**"
     better = "lower" if runs.mode == "min" else "higher"
     return [f"# Study `{runs.study}`: DDGAN objectives x T against DDPM on Fashion-MNIST", "",
+            *scale_lines(runs),
             f"Generated {generated} by `{report_command}` from MLflow experiment `{runs.study}`.",
             f"State: {state}. {_counts_line(runs.summary)}.", "",
             f"Metric: `{runs.metric}` ({better} is better). A cell's number is the mean over seeds of its best "
             "learning rate; brackets hold a 95% Student-t interval over seeds (only with two or more seeds).", ""]
+
+
+TRAIN_IMAGES = 60_000  # Fashion-MNIST's training split
+
+
+def _shared(values: list, unit: str = "") -> str:
+    found = sorted({v for v in values if v not in (None, "")}, key=lambda v: (str(type(v)), v))
+    return " / ".join(f"{v:,}{unit}" if isinstance(v, int) else f"{v}{unit}" for v in found) or "?"
+
+
+def scale_lines(runs: StudyRuns) -> list[str]:
+    """What the study is, before any number: network preset, training length, evaluation size.
+    A study of tiny networks is said to be a plumbing check up front."""
+    params, tags = runs.run_values("params."), runs.run_values("tags.")
+    train = [p for p, t in zip(params, tags, strict=True) if t.get("phase") == "train"] or params
+    presets = sorted({str(p) for p in runs.summary["preset"].dropna()})
+    steps = [int(float(p["train.steps"])) for p in train if p.get("train.steps")]
+    batches = [int(float(p["train.batch_size"])) for p in train if p.get("train.batch_size")]
+    images = [s * b for s, b in zip(steps, batches, strict=False)]
+    samples = [int(float(p["eval.n_samples"])) for p in params if p.get("eval.n_samples")]
+    epochs = f", {max(images) / TRAIN_IMAGES:.2g} epochs at most" if images else ""
+    line = (f"**Scale:** {_shared(presets)} preset networks; {_shared(steps)} training steps per trial at batch "
+            f"{_shared(batches)} ({_shared(images)} images seen{epochs}); the metric on {_shared(samples)} samples; "
+            f"{len(runs.summary)} trials.")
+    if presets == ["tiny"]:
+        return ["**A plumbing check, not a result.** Tiny networks trained for a few dozen steps: this study "
+                "checks the machinery (Ray Tune trials, per-cell Optuna pruning, MLflow records, this report). "
+                "Its numbers mean nothing about the methods.", "", line, ""]
+    return [line, ""]
 
 
 def _ddgan(best: pd.DataFrame, metric: str) -> pd.DataFrame:
