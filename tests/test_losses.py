@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from scipy import integrate, stats
 
 from ddgan.losses import (
+    DEFAULT_GENERATOR_FORMS,
     GENERATOR_FORMS,
     get_objective,
     gradient_penalty,
@@ -138,13 +139,21 @@ D_LOSSES = {
     "wgan-gp": lambda r, f: f.mean() - r.mean(),
     "hinge": lambda r, f: F.relu(1 - r).mean() + F.relu(1 + f).mean(),
 }
-G_LOSSES = {  # (nonsaturating, minimax)
-    "ns": (lambda f: F.softplus(-f), lambda f: -F.softplus(f)),
-    "hellinger": (lambda f: torch.exp(-f) - 1, lambda f: 1 - torch.exp(f)),
-    "rkl": (lambda f: torch.exp(-f), lambda f: 1 - f),
-    "tv": (lambda f: -0.5 * torch.tanh(f), lambda f: -0.5 * torch.tanh(f)),
-    "wgan-gp": (lambda f: -f, lambda f: -f),
-    "hinge": (lambda f: -f, lambda f: -f),
+def log_mean(x: torch.Tensor) -> torch.Tensor:
+    return torch.log(x.double().mean()).float()
+
+
+G_LOSSES = {  # form -> batch loss, by the plain formulas (float64 where they overflow)
+    "ns": {"nonsaturating": lambda f: F.softplus(-f).mean(), "minimax": lambda f: -F.softplus(f).mean(),
+           "log": lambda f: log_mean(F.softplus(-f.double()))},
+    "hellinger": {"nonsaturating": lambda f: (torch.exp(-f) - 1).mean(), "minimax": lambda f: (1 - torch.exp(f)).mean(),
+                  "log": lambda f: log_mean(torch.exp(-f.double()))},
+    "rkl": {"nonsaturating": lambda f: torch.exp(-f).mean(), "minimax": lambda f: (1 - f).mean(),
+            "log": lambda f: log_mean(torch.exp(-f.double()))},
+    "tv": {"nonsaturating": lambda f: (-0.5 * torch.tanh(f)).mean(), "minimax": lambda f: (-0.5 * torch.tanh(f)).mean(),
+           "log": lambda f: -log_mean(torch.sigmoid(2 * f.double()))},
+    "wgan-gp": {"nonsaturating": lambda f: -f.mean(), "minimax": lambda f: -f.mean()},
+    "hinge": {"nonsaturating": lambda f: -f.mean(), "minimax": lambda f: -f.mean()},
 }
 
 
@@ -152,11 +161,11 @@ G_LOSSES = {  # (nonsaturating, minimax)
 def test_losses_match_their_formulas(name):
     gen = torch.Generator().manual_seed(0)
     v_real, v_fake = 3 * torch.randn(64, generator=gen), 3 * torch.randn(64, generator=gen)
-    for form, g_formula in zip(GENERATOR_FORMS, G_LOSSES[name], strict=True):
+    for form, g_formula in G_LOSSES[name].items():
         obj = get_objective(name, form)
         d_loss = obj.discriminator_loss(v_real, v_fake)
         torch.testing.assert_close(d_loss, D_LOSSES[name](v_real, v_fake))
-        torch.testing.assert_close(obj.generator_loss(v_fake), g_formula(v_fake).mean())
+        torch.testing.assert_close(obj.generator_loss(v_fake), g_formula(v_fake))
         if name != "hinge":  # f-GANs and the critic: D loss is exactly -F
             torch.testing.assert_close(d_loss, -obj.variational_bound(v_real, v_fake))
 
@@ -171,9 +180,92 @@ def test_generator_forms_differ_exactly_for_ns_hellinger_rkl():
     assert differ == {"ns", "hellinger", "rkl"}
 
 
+def test_log_form_is_undefined_where_g_is_unbounded_both_ways():
+    for name in ("wgan-gp", "hinge"):
+        with pytest.raises(ValueError, match="'log' is not defined"):
+            get_objective(name, "log")
+
+
+def grad_wrt_v(loss_fn, v: torch.Tensor) -> torch.Tensor:
+    v = v.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(loss_fn(v), v)
+    return grad
+
+
+@pytest.mark.parametrize("name", F_GANS)
+def test_default_generator_gradient_survives_a_confident_discriminator(name):
+    """Issue 15: |dL/dv| >= 1e-3 at v = -10 and -35, finite on [-40, 40], one sample and a batch."""
+    obj = get_objective(name)
+    for v0 in (-10.0, -35.0):
+        assert abs(grad_wrt_v(obj.generator_loss, torch.tensor([v0])).item()) >= 1e-3
+        batch = grad_wrt_v(obj.generator_loss, torch.full((64,), v0))  # (64,), each 1/64 of one sample's
+        assert (batch.abs() >= 1e-3 / 64).all()
+    grid = torch.linspace(-40, 40, 801)
+    for v in (grid, grid[:, None]):  # one batch of 801 outputs, and 801 batches of one
+        grads = torch.stack([grad_wrt_v(obj.generator_loss, row) for row in v.reshape(-1, v.shape[-1])])
+        assert torch.isfinite(grads).all()
+        assert (grads <= 0).all()  # raising D's output on a fake never raises G's loss
+
+
+# Closed forms of dL/dv for one sample under each default form.
+DEFAULT_GRADIENTS = {
+    "ns": lambda v: -torch.sigmoid(-v),
+    "hellinger": lambda v: -torch.ones_like(v),
+    "rkl": lambda v: -torch.ones_like(v),
+    "tv": lambda v: -2 * torch.sigmoid(-2 * v),
+}
+
+
+@pytest.mark.parametrize("name", F_GANS)
+def test_default_generator_gradient_matches_its_closed_form(name):
+    obj = get_objective(name)
+    for v0 in torch.linspace(-40, 40, 33):
+        grad = grad_wrt_v(obj.generator_loss, v0.reshape(1))
+        torch.testing.assert_close(grad, DEFAULT_GRADIENTS[name](v0.reshape(1)), rtol=1e-5, atol=1e-30)
+
+
+def test_paper_forms_show_the_failures_the_defaults_fix():
+    """The reasons for the defaults: tv's paper form vanishes, hellinger/rkl's explode then die."""
+    tv = get_objective("tv", "nonsaturating")
+    assert abs(grad_wrt_v(tv.generator_loss, torch.tensor([-10.0])).item()) < 1e-7  # sech^2(10)/2
+    for name in ("hellinger", "rkl"):
+        paper = get_objective(name, "nonsaturating")
+        g10 = grad_wrt_v(paper.generator_loss, torch.tensor([-10.0])).item()
+        assert g10 == pytest.approx(-math.exp(10), rel=1e-5)  # 2.2e4
+        assert grad_wrt_v(paper.generator_loss, torch.tensor([-35.0])).item() == 0.0  # beyond the clamp
+
+
+def test_the_four_default_generator_losses_are_different_functions():
+    v = torch.linspace(-5, 5, 41)
+    losses = {name: torch.stack([get_objective(name).generator_loss(x.reshape(1)) for x in v]) for name in F_GANS}
+    shapes = {name: loss - loss[20] for name, loss in losses.items()}  # up to an additive constant
+    distinct = [(a, b) for a in F_GANS for b in F_GANS if a < b and not torch.allclose(shapes[a], shapes[b])]
+    # hellinger's log form and rkl's minimax form coincide for ONE sample (-v + const): they
+    # differ in how a batch is weighted (softmax(-v) vs uniform), checked next.
+    assert len(distinct) == 5
+    batch = torch.tensor([-6.0, -1.0, 0.0, 2.0])
+    g_h = grad_wrt_v(get_objective("hellinger").generator_loss, batch)
+    g_r = grad_wrt_v(get_objective("rkl").generator_loss, batch)
+    torch.testing.assert_close(g_h, -torch.softmax(-batch, 0))
+    torch.testing.assert_close(g_r, torch.full((4,), -0.25))
+
+
+@pytest.mark.parametrize("name", F_GANS)
+def test_log_form_keeps_the_nonsaturating_direction(name):
+    """grad log E[h] = grad E[h] / E[h]: parallel to the paper's nonsaturating gradient."""
+    gen = torch.Generator().manual_seed(3)
+    v = 2 * torch.randn(32, generator=gen, dtype=torch.float64)
+    g_log = grad_wrt_v(get_objective(name, "log").generator_loss, v)
+    g_ns = grad_wrt_v(get_objective(name, "nonsaturating").generator_loss, v)
+    cosine = torch.dot(g_log, g_ns) / (g_log.norm() * g_ns.norm())
+    assert cosine.item() == pytest.approx(1.0, abs=1e-9)
+
+
 @pytest.mark.parametrize("form", GENERATOR_FORMS)
 @pytest.mark.parametrize("name", objective_names())
 def test_losses_and_gradients_finite_for_large_outputs(name, form):
+    if form == "log" and name in ("wgan-gp", "hinge"):
+        pytest.skip("log form undefined")
     obj = get_objective(name, form)
     v = torch.cat([torch.linspace(-50, 50, 201), torch.tensor([-1e4, -100.0, 100.0, 1e4])])  # (205,)
     v_real, v_fake = v.clone().requires_grad_(True), v.flip(0).clone().requires_grad_(True)
@@ -186,14 +278,17 @@ def test_losses_and_gradients_finite_for_large_outputs(name, form):
 
 def test_registry_names_default_form_and_errors():
     assert objective_names() == ["ns", "hellinger", "rkl", "tv", "wgan-gp", "hinge"]
+    assert DEFAULT_GENERATOR_FORMS == {"ns": "nonsaturating", "hellinger": "log", "rkl": "minimax",
+                                       "tv": "log", "wgan-gp": "nonsaturating", "hinge": "nonsaturating"}
     obj = get_objective("hellinger")
-    assert (obj.name, obj.generator_form) == ("hellinger", "nonsaturating")
+    assert (obj.name, obj.generator_form) == ("hellinger", "log")
+    assert get_objective("hellinger", "nonsaturating").generator_form == "nonsaturating"
     with pytest.raises(dataclasses.FrozenInstanceError):
         obj.generator_form = "minimax"
     with pytest.raises(ValueError, match="unknown objective 'kl'") as info:
         get_objective("kl")
     assert all(name in str(info.value) for name in objective_names())
-    with pytest.raises(ValueError, match="nonsaturating, minimax"):
+    with pytest.raises(ValueError, match="nonsaturating, minimax, log"):
         get_objective("ns", "saturating")
 
 
