@@ -30,7 +30,7 @@ from typing import Any
 
 import pandas as pd
 
-from ddgan.cli import run_cli
+from ddgan.cli import ArgumentParser, run_cli
 from ddgan.errors import CheckpointError, UsageError
 from ddgan.export import load_export, verify_export, write_export
 from study.report.data import StudyRuns, load_study, protocol_rows
@@ -163,7 +163,7 @@ def _write_selection(result: ExportResult, runs: StudyRuns, per: str, top_k: int
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m study.export", description=__doc__,
+    p = ArgumentParser(prog="python -m study.export", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--study", default=None, help="study name (default: the only study in the store)")
     p.add_argument("--top-k", type=int, required=True, help="how many trials per group")

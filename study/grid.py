@@ -34,15 +34,15 @@ GRID_DIR = CONFIG_DIR / "grids"
 PHASES = ("train", "sample")
 
 
-StepCount = Annotated[StrictInt, Field(ge=1)]  # T, S: integers >= 1 (2.5 and "3" are errors)
-LearningRate = Annotated[float, Field(gt=0)]
+StepCount = Annotated[StrictInt, Field(ge=1, le=10_000)]  # T, S: integers 1..10,000 (2.5 and "3" are errors)
+LearningRate = Annotated[float, Field(gt=0, le=1.0, allow_inf_nan=False)]  # finite: .inf and .nan are errors
 
 
 class Budget(Strict):
     """Training length: optimiser steps, or images seen (steps = images / batch size)."""
 
-    steps: StrictInt | None = Field(default=None, ge=1)
-    images: StrictInt | None = Field(default=None, ge=1)
+    steps: StrictInt | None = Field(default=None, ge=1, le=10_000_000)
+    images: StrictInt | None = Field(default=None, ge=1, le=10**11)
 
     @model_validator(mode="after")
     def _one(self) -> Budget:
@@ -54,15 +54,15 @@ class Budget(Strict):
 class EvalPlan(Strict):
     """Evaluation cadence and cost (maps onto the config's `eval` section)."""
 
-    every: StrictInt = Field(ge=1)
-    n_samples: StrictInt = Field(default=2000, ge=1)
-    batch_size: StrictInt | None = Field(default=None, ge=1)
+    every: StrictInt = Field(ge=1, le=10_000_000)
+    n_samples: StrictInt = Field(default=2000, ge=1, le=100_000)
+    batch_size: StrictInt | None = Field(default=None, ge=1, le=4096)
     metrics: tuple[str, ...] = ("fd_fmnist",)
     final_metrics: tuple[str, ...] = ()
-    final_n_samples: StrictInt | None = Field(default=None, ge=1)
-    grid_size: StrictInt | None = Field(default=None, ge=1)
+    final_n_samples: StrictInt | None = Field(default=None, ge=1, le=100_000)
+    grid_size: StrictInt | None = Field(default=None, ge=1, le=32)
     reference_split: Literal["train", "test"] | None = None
-    reference_n: StrictInt | None = Field(default=None, ge=2)  # first N reference images (default: the split)
+    reference_n: StrictInt | None = Field(default=None, ge=2, le=60_000)  # first N reference images (default: the split)
 
 
 class Pruner(Strict):
@@ -89,8 +89,8 @@ class Faults(Strict):
 
 
 class Resources(Strict):
-    cpus: float = Field(default=1.0, gt=0)
-    gpus: float = Field(default=0.0, ge=0)
+    cpus: float = Field(default=1.0, gt=0, le=1024, allow_inf_nan=False)  # finite: NaN CPUs would wait forever
+    gpus: float = Field(default=0.0, ge=0, le=64, allow_inf_nan=False)
 
 
 class DDGANAxes(Strict):
@@ -103,7 +103,7 @@ class DDGANAxes(Strict):
 class Respaced(Strict):
     """One DDPM model with T steps, sampled with each S and sampler (a second phase)."""
 
-    T: StrictInt = Field(ge=1)
+    T: StrictInt = Field(ge=1, le=10_000)
     steps: tuple[StepCount, ...] = Field(min_length=1)
     samplers: tuple[Literal["ancestral", "ddim"], ...] = Field(default=("ancestral", "ddim"), min_length=1)
     # The respaced model's schedule: by default the VP discretisation every per-T DDPM model
@@ -150,8 +150,8 @@ class Grid(Strict):
     mode: Literal["min", "max"] = "min"
     pruner: Pruner = Pruner()
     resources: Resources = Resources()
-    max_concurrent: StrictInt | None = Field(default=None, ge=1)
-    max_failures: StrictInt = Field(default=2, ge=0)  # retries of a crashed trial (from its checkpoint)
+    max_concurrent: StrictInt | None = Field(default=None, ge=1, le=10_000)
+    max_failures: StrictInt = Field(default=2, ge=0, le=100)  # retries of a crashed trial (from its checkpoint)
     # Extra dotted overrides for one cell or one trial key, applied last (e.g. a smaller batch
     # for one expensive cell); `fault.<key>=value` items set the trial's `Faults` instead.
     trial_overrides: dict[str, tuple[str, ...]] = {}

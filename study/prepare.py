@@ -22,6 +22,7 @@ from ddgan.data import load_fashion_mnist, resolve_data_dir
 from ddgan.errors import CheckpointError, DataError, UsageError
 from ddgan.metrics.evaluator import metric_specs
 from ddgan.metrics.inception import resolve_weights
+from ddgan.paths import check_output_dir
 from ddgan.strict import validate
 from study.grid import Grid, Plan, expand, load_grid
 from study.stores import Stores, mask_uri, preflight, resolve_stores
@@ -228,6 +229,10 @@ def prepare(options: StudyOptions) -> Prepared:
     study = options.study or grid.name
     if not re.match(STUDY_NAME, study):
         raise UsageError(f"--study {study!r}: use letters, digits, '.', '_' or '-'")
+    for flag, value in (("--results-dir", options.results_dir), ("--cache-dir", options.cache_dir),
+                        ("--storage-path", options.storage_path)):
+        if value and "://" not in str(value):
+            check_output_dir(value, flag)  # a symlink loop, a file in the way, no write permission
     stores = resolve_stores(study, options.results_dir, mlflow_uri=options.mlflow_uri,
                             optuna_storage=options.optuna_storage, storage_path=options.storage_path,
                             address=options.address)

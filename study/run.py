@@ -15,14 +15,14 @@ import shlex
 import sys
 from collections.abc import Sequence
 
-from ddgan.cli import run_cli
+from ddgan.cli import ArgumentParser, run_cli
 from study.prepare import StudyOptions, prepare
 from study.stores.uris import DEFAULT_STATE_DIR
 from study.summary import describe_plan
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m study.run", description=__doc__,
+    p = ArgumentParser(prog="python -m study.run", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--grid", required=True, help="grid name in configs/grids (smoke, cpu, full) or a YAML path")
     p.add_argument("--study", default=None, help="study name (default: the grid's name)")

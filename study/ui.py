@@ -19,7 +19,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from ddgan.cli import run_cli
+from ddgan.cli import ArgumentParser, run_cli
 from ddgan.errors import UsageError
 from study.stores import mask_uri, normalize_mlflow_uri, normalize_optuna_url
 from study.stores.uris import DEFAULT_STATE_DIR
@@ -28,7 +28,7 @@ OPTUNA_PORT = 8080
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m study.ui", description=__doc__,
+    p = ArgumentParser(prog="python -m study.ui", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--state-dir", "--results-dir", dest="results_dir", default=DEFAULT_STATE_DIR,
                    help=f"where study.run kept the run's state (default: {DEFAULT_STATE_DIR})")

@@ -15,13 +15,15 @@ import shlex
 import sys
 from collections.abc import Sequence
 
+from ddgan.cli import ArgumentParser
 from study.report.build import build_report
 from study.stores import mlflow_uri_for
+from study.stores.connect import probe_mlflow
 from study.stores.uris import DEFAULT_STATE_DIR, REPORTS_DIR
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m study.report", description=__doc__,
+    p = ArgumentParser(prog="python -m study.report", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--study", default=None, help="study name (default: the only study in the store)")
     p.add_argument("--out", default=None, help=f"output directory (default: {REPORTS_DIR}/<study>)")
@@ -34,6 +36,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     uri = mlflow_uri_for(args.results_dir, args.mlflow_uri)
+    probe_mlflow(uri)  # a server that does not answer is one line within seconds, not a hang
     command = shlex.join(["python", "-m", "study.report", *(sys.argv[1:] if argv is None else argv)])
     report = build_report(uri, args.study, args.out, args.results_dir, command)
     print(f"wrote {len(report.files)} files to {report.out}: " + ", ".join(p.name for p in report.files))

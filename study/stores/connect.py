@@ -12,6 +12,7 @@ migrations from trials fail). URIs are shown with their passwords masked.
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 import optuna
@@ -33,6 +34,40 @@ def _check_writable_dir(path: Path, what: str) -> None:
         probe = probe.parent
     if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
         raise UsageError(f"{what} {str(path)!r} is not writable")
+
+
+def _check_not_a_directory(url: str, what: str) -> None:
+    """A SQLite (or journal) store names a file; an existing directory there is refused at once
+    (SQLite would retry for minutes, then fail with a long traceback)."""
+    path = sqlite_path(url, what)
+    if path.is_dir():
+        raise UsageError(f"{what} {mask_uri(url)}: {str(path)!r} is a directory; name a database file in it, "
+                         f"e.g. sqlite:///{path / 'mlflow.db'}")
+
+
+def _probe_ray(address: str, timeout: float) -> None:
+    """--address host:port (or ray://host:port): something must listen there, or the driver would
+    create the stores and then wait for the cluster forever."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            pass
+    except OSError as err:
+        raise UsageError(f"--address {address}: no Ray cluster answers there ({err.strerror or err}); "
+                         "start one with `ray start --head`, or leave --address out to run locally") from None
+
+
+def probe_mlflow(uri: str, timeout: float = PROBE_TIMEOUT_S) -> None:
+    """Reach an MLflow server or database within `timeout` seconds (a UsageError otherwise)."""
+    scheme = scheme_of(uri)
+    if scheme == "sqlite":
+        _check_not_a_directory(uri, "MLflow URI")
+    elif scheme in ("http", "https"):
+        from study.stores.mlflow_client import MlflowStore  # MLflow loads only to probe a server
+
+        MlflowStore(uri).probe("MLflow server", timeout)
+    else:
+        _probe_database(uri, "MLflow database", timeout)
 
 
 def _probe_database(url: str, what: str, timeout: float) -> None:
@@ -59,6 +94,7 @@ def preflight(stores: Stores, timeout: float = PROBE_TIMEOUT_S) -> None:
     _check_writable_dir(stores.results_dir, "results directory")
     scheme = scheme_of(stores.mlflow_uri)
     if scheme == "sqlite":
+        _check_not_a_directory(stores.mlflow_uri, "MLflow URI")
         _check_writable_dir(sqlite_path(stores.mlflow_uri, "MLflow URI").parent, "MLflow store directory")
     elif scheme in ("http", "https"):
         from study.stores.mlflow_client import MlflowStore  # MLflow loads only to probe a server
@@ -68,11 +104,14 @@ def preflight(stores: Stores, timeout: float = PROBE_TIMEOUT_S) -> None:
         _probe_database(stores.mlflow_uri, "MLflow database", timeout)
     scheme = scheme_of(stores.optuna_url)
     if scheme in ("sqlite", "journal"):
+        _check_not_a_directory(stores.optuna_url, "Optuna storage")
         _check_writable_dir(sqlite_path(stores.optuna_url, "Optuna storage").parent, "Optuna storage directory")
     else:
         _probe_database(stores.optuna_url, "Optuna storage", timeout)
     if "://" not in stores.ray_storage:
         _check_writable_dir(Path(stores.ray_storage), "Ray storage path")
+    if stores.ray_address not in (None, "auto"):
+        _probe_ray(stores.ray_address, timeout)
 
 
 # -- creation (driver only, once) ---------------------------------------------------------------
