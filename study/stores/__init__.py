@@ -1,6 +1,6 @@
 """Where a study keeps its state, and the one way to reach it.
 
-  uris           store locations: embedded defaults under results/, validation, masking
+  uris           store locations: embedded defaults under results/runs/, validation, masking
   connect        preflight (reachable, writable) and creation of the databases
   mlflow_client  `MlflowStore`: public MlflowClient calls that retry; run search; server probe
   tracking       the study's MLflow layout: parent run, one run per trial, no duplicate steps
