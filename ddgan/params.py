@@ -6,11 +6,10 @@ parameter counts of the DDGAN generator and discriminator and the DDPM denoiser.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Sequence
 
-from ddgan.cli import run_cli
+from ddgan.cli import ArgumentParser, run_cli
 from ddgan.config import load_config, preset_names
 from ddgan.nets import build_networks, count_parameters
 
@@ -33,7 +32,7 @@ def format_table(counts: dict[str, dict[str, int]]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m ddgan.params", description=__doc__)
+    p = ArgumentParser(prog="python -m ddgan.params", description=__doc__)
     p.add_argument("--preset", action="append", metavar="NAME", help="preset to count (repeatable; default: all)")
     args = p.parse_args(argv)
     names = args.preset or preset_names()
