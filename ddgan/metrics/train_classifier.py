@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ddgan.cli import ArgumentParser
 from ddgan.data import load_fashion_mnist, resolve_data_dir, to_model_range
 from ddgan.errors import UsageError
 from ddgan.metrics.digest import sha256_file
@@ -92,7 +93,7 @@ def train(images: torch.Tensor, labels: torch.Tensor, *, epochs: int, batch_size
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m ddgan.metrics.train_classifier", description=__doc__.split("\n")[0])
+    parser = ArgumentParser(prog="python -m ddgan.metrics.train_classifier", description=__doc__.split("\n")[0])
     parser.add_argument("--data-dir", default=None, help="folder with the four IDX files (default: $DDGAN_DATA_DIR)")
     parser.add_argument("--out", default=str(WEIGHTS_DIR), help="output folder for the weights and the record")
     parser.add_argument("--epochs", type=int, default=8)
@@ -146,10 +147,9 @@ def run(args: argparse.Namespace, command: str) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    args = parse_args(argv)
     command = shlex.join(["python", "-m", "ddgan.metrics.train_classifier", *argv])
     try:
-        record = run(args, command)
+        record = run(parse_args(argv), command)
     except UsageError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
