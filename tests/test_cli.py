@@ -102,3 +102,21 @@ def test_train_then_sample_end_to_end(tmp_path, fmnist_dir):
     subprocess.run([sys.executable, "-m", "ddgan.sample", "--checkpoint", str(run), "--n", "16", "--out", str(grid),
                     "--device", "cpu"], check=True, env=env, capture_output=True)
     assert grid.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+CLIS = ["ddgan.train", "ddgan.sample", "ddgan.params", "ddgan.metrics.train_classifier", "study.run",
+        "study.report.cli", "study.export", "study.ui"]
+
+
+@pytest.mark.parametrize("module", CLIS)
+def test_every_cli_reports_a_wrong_flag_in_one_line(module, capsys):
+    """argparse's 12-line usage block is gone: an unknown flag is one line, exit code 2."""
+    import importlib
+
+    main = importlib.import_module(module).main
+    assert run_cli(main, ["--no-such-flag", "1"]) == 2
+    out, err = capsys.readouterr()
+    lines = err.strip().splitlines()
+    assert out == "" and len(lines) == 1, err
+    assert lines[0].startswith("error: ") and "--help" in lines[0], lines[0]
+    assert "unrecognized arguments: --no-such-flag" in lines[0] or "arguments are required" in lines[0], lines[0]
