@@ -8,8 +8,8 @@ trial is never pruned because T=8 trials have lower FID, since the study exists 
 measure every cell. `CellBook` keeps one Optuna study per cell, named
 `<study>/<cell>`, in the configured storage; only the driver writes it.
 
-Resume. `Tuner.restore` brings the scheduler back as it was pickled at the start, so
-the scheduler holds no state of its own: every report goes to Optuna storage at once
+Resume. A resumed phase builds a new scheduler (Ray's pickled state is never read back,
+see study.tuning.phases), so the scheduler holds no state of its own: every report goes to Optuna storage at once
 and the decision is read back from there. A step already in the Optuna trial's
 intermediate values is a replay (Ray restarted the trial from an earlier checkpoint
 after a crash or a driver restart): it is neither reported nor counted again.
@@ -183,9 +183,9 @@ class CellBook:
 
 # -- the Ray side ---------------------------------------------------------------------------------
 
-# The driver's live objects by study name. The scheduler is pickled into Ray's tuner.pkl at
-# the start and unpickled by `Tuner.restore`, so it carries only the study name and finds
-# the current invocation's bookkeeping here (no connections or secrets in the pickle).
+# The driver's live objects by study name. Ray pickles the scheduler into its tuner.pkl, so it
+# carries only the study name and finds the current invocation's bookkeeping here (no
+# connections or secrets in the pickle, which the project never unpickles).
 _DRIVERS: dict[str, Any] = {}
 
 
