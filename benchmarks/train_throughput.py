@@ -11,9 +11,10 @@ each step and EMA updated parameter by parameter:
 - tuned: what a careful first version does: per-sample tensors, the D-step fake under
   `no_grad`, one backward per update; still two G forwards per step.
 
-The trainer draws one (t, pair, z, fake) per step and uses it for both updates (one G
-forward, its graph reused by the G step), draws batches by random index from one tensor on
-the device, keeps losses on the device until a log step, and uses foreach EMA (and
+The trainer takes the same official step by default (a fresh draw and a second G forward
+for the G update; `objective.generator_draw=shared` reuses D's draw and G's graph instead),
+makes D's fake under `no_grad`, draws batches by random index from one tensor on the device,
+keeps losses on the device until a log step, and uses fused Adam and foreach EMA (and
 bf16/channels_last/compile on CUDA).
 
     python -m benchmarks.train_throughput --presets tiny small --methods ddgan ddpm --steps 30 --repeats 3
@@ -76,7 +77,12 @@ def _generator_update_on_a_fresh_draw(cfg, nets, opts, sched, objective, x0):
     g_loss.item()
 
 
-def _ddgan_step_tuned(cfg, nets, opts, sched, objective, x0):
+def _r1_now(cfg, step: int) -> bool:
+    """Lazy R1 as train_ddgan.py's --lazy_reg: at steps divisible by `objective.r1_interval`."""
+    return cfg.objective.r1_gamma > 0 and step % cfg.objective.r1_interval == 0
+
+
+def _ddgan_step_tuned(cfg, nets, opts, sched, objective, x0, step):
     gen, disc = nets["generator"], nets["discriminator"]
     b, device = x0.shape[0], x0.device
     t = torch.randint(1, sched.T + 1, (b,), device=device)
@@ -87,7 +93,7 @@ def _ddgan_step_tuned(cfg, nets, opts, sched, objective, x0):
         x0_pred = gen(x_t, t, torch.randn(b, cfg.model.z_dim, device=device))
         fake = sched.sample_posterior(x0_pred, x_t, t, torch.randn_like(x0))
     d_loss = objective.discriminator_loss(v_real, disc(fake, x_t, t))
-    d_total = d_loss + r1_penalty(v_real, x_prev, cfg.objective.r1_gamma)
+    d_total = d_loss + r1_penalty(v_real, x_prev, cfg.objective.r1_gamma) if _r1_now(cfg, step) else d_loss
     opts["discriminator"].zero_grad()
     d_total.backward()
     opts["discriminator"].step()
@@ -95,7 +101,7 @@ def _ddgan_step_tuned(cfg, nets, opts, sched, objective, x0):
     _generator_update_on_a_fresh_draw(cfg, nets, opts, sched, objective, x0)
 
 
-def _ddgan_step_authors(cfg, nets, opts, sched, objective, x0):
+def _ddgan_step_authors(cfg, nets, opts, sched, objective, x0, step):
     gen, disc = nets["generator"], nets["discriminator"]
     b, device = x0.shape[0], x0.device
     for p in disc.parameters():
@@ -107,7 +113,8 @@ def _ddgan_step_authors(cfg, nets, opts, sched, objective, x0):
     v_real = disc(x_prev, x_t.detach(), t)
     err_real = -objective.real_term(v_real).mean()  # the loss split into its real and fake terms, as theirs
     err_real.backward(retain_graph=True)
-    r1_penalty(v_real, x_prev, cfg.objective.r1_gamma).backward()
+    if _r1_now(cfg, step):
+        r1_penalty(v_real, x_prev, cfg.objective.r1_gamma).backward()
     x0_pred = gen(x_t.detach(), t, torch.randn(b, cfg.model.z_dim, device=device))  # graph kept, as theirs
     fake = sched.sample_posterior(x0_pred, x_t, t, torch.randn_like(x0))
     v_fake = disc(fake, x_t.detach(), t)
@@ -128,7 +135,7 @@ def reference_loop(cfg, images_uint8, steps: int, device: torch.device, style: s
     ema = {k: [p.detach().clone() for p in v.parameters()] for k, v in nets.items() if k != "discriminator"}
     opts = {k: torch.optim.Adam(v.parameters(), lr=cfg.train.lr_g, betas=(0.5, 0.9)) for k, v in nets.items()}
     sched = schedule_for(cfg)
-    objective = get_objective(cfg.objective.loss) if cfg.method == "ddgan" else None
+    objective = get_objective(cfg.objective.loss, cfg.objective.generator_form) if cfg.method == "ddgan" else None
     ddgan_step = _ddgan_step_authors if style == "authors" else _ddgan_step_tuned
     loader = DataLoader(PerSampleDataset(images_uint8, style), batch_size=cfg.train.batch_size, shuffle=True,
                         drop_last=True)
@@ -152,7 +159,7 @@ def reference_loop(cfg, images_uint8, steps: int, device: torch.device, style: s
             opts["denoiser"].step()
             loss.item()
         else:
-            ddgan_step(cfg, nets, opts, sched, objective, x0)
+            ddgan_step(cfg, nets, opts, sched, objective, x0, done + 1)
         with torch.no_grad():
             for name, shadow in ema.items():
                 for s, p in zip(shadow, nets[name].parameters(), strict=True):

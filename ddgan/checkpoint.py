@@ -34,7 +34,9 @@ import torch
 from ddgan.config import Config
 from ddgan.errors import CheckpointError, ConfigError
 
-FORMAT_VERSION = 1
+# 2: the official DDGAN discriminator (minibatch stddev, DownConvBlocks), the latent mapping
+# with n_mlp layers and per-loss generator forms; a version-1 checkpoint's networks differ.
+FORMAT_VERSION = 2
 _NAME = re.compile(r"^ckpt_(\d{7,})\.pt$")
 _REQUIRED = ("step", "config", "networks", "ema")  # what sampling, export and resume all read
 

@@ -44,14 +44,25 @@ class ModelConfig(_Section):
     t_emb_dim: int = Field(default=64, gt=0, le=4096)
     z_dim: int = Field(default=100, gt=0, le=4096)  # DDGAN latent
     z_emb_dim: int = Field(default=64, gt=0, le=4096)  # width of the latent mapping MLP
+    n_mlp: int = Field(default=4, ge=0, le=16)  # latent mapping: Linear(z_dim) + n_mlp Linear (official: --n_mlp 4)
+    # Discriminator (official Discriminator_small): level i has disc_channels * disc_channel_mult[i]
+    # channels at 28 / 14 / 7 / 3; the official CIFAR-10 D is 64 x (2, 4, 8, 8).
     disc_channels: int = Field(default=32, gt=0, le=1024)
-    disc_channel_mult: tuple[int, ...] = (1, 2, 2)
+    disc_channel_mult: tuple[int, ...] = (2, 4, 8, 8)
+    disc_stddev_group: int = Field(default=4, ge=0, le=64)  # minibatch stddev group; 0: off
 
-    @field_validator("channel_mult", "disc_channel_mult")
+    @field_validator("channel_mult")
     @classmethod
     def _levels(cls, v: tuple[int, ...]) -> tuple[int, ...]:
         if not 1 <= len(v) <= 3 or any(m <= 0 for m in v):
             raise ValueError("needs 1 to 3 positive multipliers (resolutions 28, 14, 7)")
+        return v
+
+    @field_validator("disc_channel_mult")
+    @classmethod
+    def _disc_levels(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        if not 1 <= len(v) <= 4 or any(m <= 0 for m in v):
+            raise ValueError("needs 1 to 4 positive multipliers (resolutions 28, 14, 7, 3)")
         return v
 
 
@@ -70,9 +81,11 @@ class DiffusionConfig(_Section):
 
 class ObjectiveConfig(_Section):
     loss: str = "ns"
-    generator_form: Literal["nonsaturating", "minimax"] = "nonsaturating"
+    # None: the objective's own default (ddgan.losses.DEFAULT_GENERATOR_FORMS), filled in on load
+    generator_form: Literal["nonsaturating", "minimax", "log"] | None = None
+    generator_draw: Literal["fresh", "shared"] = "fresh"  # G update: fresh t, x_t, z (official) or D's draw
     r1_gamma: float = Field(default=0.02, ge=0, le=1e4, allow_inf_nan=False)
-    r1_interval: int = Field(default=1, ge=1, le=10_000)  # lazy R1: every k discriminator steps
+    r1_interval: int = Field(default=15, ge=1, le=10_000)  # lazy R1 every k D steps (official --lazy_reg 15)
     gp_weight: float = Field(default=10.0, ge=0, le=1e4, allow_inf_nan=False)  # wgan-gp only
 
     @field_validator("loss")
@@ -83,6 +96,25 @@ class ObjectiveConfig(_Section):
         if v not in objective_names():
             raise ValueError(f"unknown loss {v!r}; valid: {', '.join(objective_names())}")
         return v
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_generator_form(cls, data: Any) -> Any:
+        """Record the objective's default generator form, so the saved config names it."""
+        from ddgan.losses import default_generator_form, objective_names
+
+        if isinstance(data, dict) and data.get("generator_form") is None:
+            loss = data.get("loss", "ns")
+            if loss in objective_names():
+                data = {**data, "generator_form": default_generator_form(loss)}
+        return data
+
+    @model_validator(mode="after")
+    def _form_defined(self) -> ObjectiveConfig:
+        from ddgan.losses import get_objective
+
+        get_objective(self.loss, self.generator_form)  # ValueError if the form is undefined for it
+        return self
 
 
 class TrainConfig(_Section):
@@ -148,6 +180,10 @@ class Config(_Section):
     def _method_rules(self) -> Config:
         if self.method == "ddgan" and self.diffusion.schedule != "vp":
             raise ValueError("diffusion.schedule: DDGAN uses the 'vp' schedule")
+        group = min(self.train.batch_size, self.model.disc_stddev_group)
+        if self.method == "ddgan" and group > 0 and self.train.batch_size % group:
+            raise ValueError(f"train.batch_size {self.train.batch_size} must be a multiple of "
+                             f"model.disc_stddev_group {group} (minibatch stddev groups)")
         if self.method == "ddpm" and self.eval.respaced_steps and self.eval.respaced_steps > self.diffusion.T:
             raise ValueError("eval.respaced_steps cannot exceed diffusion.T")
         return self

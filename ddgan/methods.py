@@ -135,6 +135,7 @@ class DDGANMethod(Method):
         self.generator, self.discriminator = compiled["generator"], compiled["discriminator"]
 
     def _fake_prev(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """x_{t-1} ~ p_theta(x_{t-1} | x_t) = q(x_{t-1} | x_t, x0 = G(x_t, z, t)), z ~ N(0, I)."""
         z = self.randn(x_t.shape[0], self.cfg.model.z_dim)
         x0_pred = self.generator(x_t, t, z)  # (B, 1, 28, 28)
         return self.schedule.sample_posterior(x0_pred.float(), x_t, t, self.randn(*x_t.shape))
@@ -144,14 +145,20 @@ class DDGANMethod(Method):
         x_prev, x_t = self.schedule.q_sample_pair(x0, t, self.randn(*x0.shape), self.randn(*x0.shape))
         return x_prev, x_t, t
 
-    def train_step(self, x0: torch.Tensor, step: int, inject_nan: bool = False) -> dict[str, torch.Tensor]:
-        """One draw per step: t, the real pair, z and the fake serve both updates.
+    def train_step(self, x0: torch.Tensor, step: int) -> dict[str, torch.Tensor]:
+        """One D update, then one G update (Xiao et al. 2021, Alg. 1; train_ddgan.py).
 
-        G runs once, with its graph: D's update sees the fake detached, G's update then
-        backpropagates through the updated D into that same graph (G's weights have not
-        changed in between, so this equals a second forward with the same t and z).
+        `objective.generator_draw`:
+          * ``fresh`` (default, as the official train_ddgan.py): the G update draws t, x_t,
+            z and the posterior noise afresh, so G is scored on fakes D has not just been
+            trained to reject. D's fake is made without G's graph (D's loss never reaches G).
+          * ``shared``: one draw serves both updates. G runs once, with its graph: D's
+            update sees the fake detached, G's update backpropagates through the updated D
+            into that same graph (G's weights have not changed in between). One G forward
+            fewer a step.
         """
         obj = self.cfg.objective
+        shared = obj.generator_draw == "shared"
         x0 = self.to_input(x0)
         # Discriminator update.
         self.discriminator.requires_grad_(True)
@@ -159,12 +166,11 @@ class DDGANMethod(Method):
         do_r1 = obj.r1_gamma > 0 and step % obj.r1_interval == 0 and obj.loss != "wgan-gp"
         x_prev.requires_grad_(do_r1)
         with self.autocast():
-            fake_prev = self._fake_prev(x_t, t)
+            with contextlib.nullcontext() if shared else torch.no_grad():
+                fake_prev = self._fake_prev(x_t, t)
             v_real = self.discriminator(x_prev, x_t, t).float()
             v_fake = self.discriminator(fake_prev.detach(), x_t, t).float()
             d_loss = self.objective.discriminator_loss(v_real, v_fake)
-        if inject_nan:  # fault injection (config section `fault`)
-            d_loss = d_loss * float("nan")
         bound = self.objective.variational_bound(v_real.detach(), v_fake.detach())
         penalty = torch.zeros((), device=self.device)
         if do_r1:
@@ -172,11 +178,14 @@ class DDGANMethod(Method):
         elif obj.loss == "wgan-gp":
             critic = lambda x: self.discriminator(x, x_t, t).float()  # noqa: E731
             penalty = gradient_penalty(critic, x_prev.detach(), fake_prev.detach(), obj.gp_weight, generator=self.rng)
-        d_total = d_loss + penalty
-        self._update("discriminator", d_total)
-        # Generator update on the same draw, through the updated discriminator.
+        self._update("discriminator", d_loss + penalty)
+        # Generator update, through the updated discriminator.
         self.discriminator.requires_grad_(False)
         with self.autocast():
+            if not shared:
+                t = self.randint_t(x0.shape[0])
+                x_t = self.schedule.q_sample(x0, t, self.randn(*x0.shape))
+                fake_prev = self._fake_prev(x_t, t)
             v_gen = self.discriminator(fake_prev, x_t, t).float()
             g_loss = self.objective.generator_loss(v_gen)
         self._update("generator", g_loss)
@@ -209,7 +218,7 @@ class DDPMMethod(Method):
         steps = cfg.eval.respaced_steps
         self.sample_schedule = self.schedule.respace(steps) if steps and steps < self.schedule.T else self.schedule
 
-    def train_step(self, x0: torch.Tensor, step: int, inject_nan: bool = False) -> dict[str, torch.Tensor]:
+    def train_step(self, x0: torch.Tensor, step: int) -> dict[str, torch.Tensor]:
         x0 = self.to_input(x0)
         t = self.randint_t(x0.shape[0])
         noise = self.randn(*x0.shape)
@@ -217,8 +226,6 @@ class DDPMMethod(Method):
         with self.autocast():
             eps = self.denoiser(x_t, t).float()
         loss = torch.mean((eps - noise) ** 2)
-        if inject_nan:
-            loss = loss * float("nan")
         opt = self.optimizers["denoiser"]
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -244,7 +244,7 @@ def tiny_checkpoint_bytes() -> bytes:
     import io
 
     buffer = io.BytesIO()
-    torch.save({"format_version": 1, "step": 10, "weights": torch.zeros(64, 64)}, buffer)
+    torch.save({"format_version": 2, "step": 10, "weights": torch.zeros(64, 64)}, buffer)
     return buffer.getvalue()
 
 

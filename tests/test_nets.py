@@ -9,6 +9,7 @@ from ddgan import params
 from ddgan.cli import run_cli
 from ddgan.config import ModelConfig, load_config, preset_names
 from ddgan.nets import Denoiser, Discriminator, Generator, build_networks, count_parameters
+from ddgan.nets.discriminator import BlurDownsample, minibatch_stddev
 
 
 @pytest.fixture(scope="module")
@@ -18,6 +19,15 @@ def tiny() -> ModelConfig:
 
 def _variant(cfg: ModelConfig, **changes) -> ModelConfig:
     return ModelConfig(**{**cfg.model_dump(), **changes})
+
+
+def _awake(disc: Discriminator) -> Discriminator:
+    """D's block and final convolutions start at zero (official init_scale=0), so at init v
+    ignores t and the images' details: perturb them as one training step would."""
+    for block in disc.blocks:
+        torch.nn.init.normal_(block.conv2.weight, std=0.1)
+    torch.nn.init.normal_(disc.conv_out.weight, std=0.1)
+    return disc
 
 
 def _inputs(batch: int, z_dim: int, seed: int = 0):
@@ -72,7 +82,7 @@ def test_generator_output_is_inside_open_interval(tiny):
 
 def test_discriminator_depends_on_both_images_and_t(tiny):
     torch.manual_seed(0)
-    disc = Discriminator(tiny).eval()
+    disc = _awake(Discriminator(tiny)).eval()
     x_prev, x_t, t, _ = _inputs(3, tiny.z_dim)
     with torch.no_grad():
         v = disc(x_prev, x_t, t)
@@ -81,10 +91,71 @@ def test_discriminator_depends_on_both_images_and_t(tiny):
         assert not torch.allclose(v, disc(x_prev, x_t, t % 4 + 1))
 
 
+def test_minibatch_stddev_closed_form_and_grouping():
+    gen = torch.Generator().manual_seed(0)
+    h = torch.randn(8, 3, 2, 2, generator=gen, dtype=torch.float64)
+    out = minibatch_stddev(h, 4)  # (8, 4, 2, 2); groups by stride: {0, 2, 4, 6}, {1, 3, 5, 7}
+    assert out.shape == (8, 4, 2, 2)
+    torch.testing.assert_close(out[:, :3], h)
+    for first in (0, 1):
+        members = h[first::2]  # (4, 3, 2, 2)
+        expected = torch.sqrt(members.var(0, unbiased=False) + 1e-8).mean()
+        for i in range(first, 8, 2):
+            torch.testing.assert_close(out[i, 3], torch.full((2, 2), expected.item(), dtype=torch.float64))
+    assert minibatch_stddev(h, 0) is h
+    with pytest.raises(ValueError, match="multiple of the group size"):
+        minibatch_stddev(h[:6], 4)
+
+
+def test_discriminator_output_depends_on_its_group_only(tiny):
+    """Minibatch stddev (official D, group 4): v_i changes with the other members of i's group."""
+    torch.manual_seed(0)
+    disc = _awake(Discriminator(tiny)).eval()
+    x_prev, x_t, t, _ = _inputs(8, tiny.z_dim)
+    with torch.no_grad():
+        v = disc(x_prev, x_t, t)
+        same_group, other_group = x_prev.clone(), x_prev.clone()
+        same_group[2] = torch.randn(1, 28, 28)  # sample 0's group is {0, 2, 4, 6}
+        other_group[1] = torch.randn(1, 28, 28)
+        assert abs(disc(same_group, x_t, t)[0] - v[0]) > 1e-6
+        torch.testing.assert_close(disc(other_group, x_t, t)[0], v[0], rtol=0, atol=0)
+        no_std = _awake(Discriminator(_variant(tiny, disc_stddev_group=0))).eval()
+        torch.testing.assert_close(no_std(same_group, x_t, t)[0], no_std(x_prev, x_t, t)[0])
+
+
+def test_blur_downsample_sizes_and_constant_interior():
+    down = BlurDownsample()
+    sizes = [28]
+    x = torch.ones(1, 2, 28, 28)
+    while sizes[-1] > 3:
+        x = down(x)
+        sizes.append(x.shape[-1])
+    assert sizes == [28, 14, 7, 3]
+    interior = down(torch.full((1, 1, 28, 28), 2.0))[..., 1:-1, 1:-1]  # kernel sums to 1
+    torch.testing.assert_close(interior, torch.full_like(interior, 2.0))
+
+
+def test_latent_mapping_depth_is_one_plus_n_mlp(tiny):
+    for n_mlp in (0, 2, 4):
+        g = Generator(_variant(tiny, n_mlp=n_mlp))
+        assert sum(isinstance(m, torch.nn.Linear) for m in g.mapping.modules()) == 1 + n_mlp
+
+
+def test_paper_discriminator_has_the_official_small_d_size():
+    """Same blocks as the official Discriminator_small: its closed-form count at ngf 64, t_emb 256,
+    for a pair of 1-channel images (the official CIFAR-10 D sees 6 channels: 4 x 128 more weights)."""
+    paper = load_config(None, ["model.preset=paper"]).model
+    ours = count_parameters(Discriminator(paper))
+    assert ours == params.official_small_discriminator_parameters(in_channels=2, ngf=64, t_emb_dim=256)
+    cifar = params.official_small_discriminator_parameters(in_channels=6, ngf=64, t_emb_dim=256)
+    assert cifar - ours == 4 * 128 and 12_000_000 < cifar < 13_000_000
+
+
 VARIANTS = {
     "one_level": dict(channel_mult=(1,), disc_channel_mult=(1,)),
     "two_levels": dict(channel_mult=(1, 2), disc_channel_mult=(1, 2)),
     "three_levels_attention": dict(channel_mult=(1, 2, 2), disc_channel_mult=(1, 2, 2), attn_resolutions=(14,)),
+    "official_disc_levels": dict(channel_mult=(1, 2, 2), disc_channel_mult=(2, 4, 8, 8), disc_stddev_group=0),
     "two_blocks_attention_at_28": dict(channel_mult=(1, 2), num_res_blocks=2, attn_resolutions=(28,), dropout=0.1),
 }
 
@@ -95,8 +166,10 @@ def test_every_parameter_gets_a_gradient(tiny, variant):
     torch.manual_seed(0)
     x_prev, x_t, t, z = _inputs(2, cfg.z_dim)
     generator, disc, denoiser = Generator(cfg), Discriminator(cfg), Denoiser(cfg)
-    # The denoiser's output convolution starts at zero (no gradient behind it yet): perturb it.
+    # The denoiser's output convolution and D's block/final convolutions start at zero (the
+    # official init_scale=0: no gradient behind them yet): perturb them.
     torch.nn.init.normal_(denoiser.unet.conv_out.weight, std=0.1)
+    _awake(disc)
     weights = torch.randn(2, 1, 28, 28)
     outputs = {
         "generator": (generator(x_t, t, z) * weights).sum(),
@@ -119,7 +192,7 @@ def test_denoiser_starts_at_zero(tiny):
 
 def test_discriminator_supports_r1_double_backward(tiny):
     x_prev, x_t, t, _ = _inputs(2, tiny.z_dim)
-    disc = Discriminator(tiny)
+    disc = _awake(Discriminator(tiny))
     x_prev.requires_grad_(True)
     (grad,) = torch.autograd.grad(disc(x_prev, x_t, t).sum(), x_prev, create_graph=True)
     grad.pow(2).sum().backward()
@@ -130,7 +203,7 @@ def test_channels_last_gives_the_same_outputs(tiny):
     torch.manual_seed(0)
     cfg = _variant(tiny, attn_resolutions=(14,))
     x_prev, x_t, t, z = _inputs(2, cfg.z_dim)
-    generator, disc = Generator(cfg).eval(), Discriminator(cfg).eval()
+    generator, disc = Generator(cfg).eval(), _awake(Discriminator(cfg)).eval()
     with torch.no_grad():
         g_ref, d_ref = generator(x_t, t, z), disc(x_prev, x_t, t)
         generator.to(memory_format=torch.channels_last)
@@ -144,6 +217,7 @@ def test_params_cli_prints_every_preset(capsys):
     assert params.main([]) == 0
     out = capsys.readouterr().out
     assert {"generator", "discriminator", "denoiser"} <= set(out.split())
+    assert "official" in out and "12,741,633" in out  # the official CIFAR-10 D beside ours
     for name in preset_names():
         assert name in out
     assert {"tiny", "small", "paper"} <= set(preset_names())

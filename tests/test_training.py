@@ -232,24 +232,63 @@ def test_compile_leaves_discriminator_eager_when_a_penalty_needs_double_backward
     assert isinstance(method.discriminator, torch._dynamo.eval_frame.OptimizedModule) is d_compiled
 
 
-def test_ddgan_step_draws_once_and_reuses_the_fake_for_the_generator_update():
-    """Alg. 1 with one draw per step: G runs once; D sees real, the fake detached (its update) and then
-    the very same fake with G's graph (G's update, through the updated D)."""
+def _hooked_step(method, step=1):
+    g_calls, d_inputs = [], []
+    h1 = method.networks["generator"].register_forward_hook(lambda m, args, out: g_calls.append((args, out)))
+    h2 = method.networks["discriminator"].register_forward_hook(lambda m, args, out: d_inputs.append(args))
+    d_before = [p.detach().clone() for p in method.networks["discriminator"].parameters()]
+    metrics = method.train_step(two_mode_data(8), step=step)
+    h1.remove()
+    h2.remove()
+    d_after = method.networks["discriminator"].parameters()
+    assert any(not torch.equal(a, p) for a, p in zip(d_before, d_after, strict=True))  # D updated first
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in method.networks["generator"].parameters()
+               if p.requires_grad)
+    return g_calls, d_inputs, metrics
+
+
+def test_ddgan_step_draws_afresh_for_the_generator_update_by_default():
+    """As train_ddgan.py: the G update draws t, x_t, z and the posterior noise anew; D's fake
+    carries no graph into G (its loss must not reach G)."""
     from ddgan.methods import DDGANMethod
 
-    method = DDGANMethod(tiny(), torch.device("cpu"))
-    g_calls, d_inputs = [], []
-    method.networks["generator"].register_forward_hook(lambda m, args, out: g_calls.append(out))
-    method.networks["discriminator"].register_forward_hook(lambda m, args, out: d_inputs.append(args[0]))
-    d_before = [p.detach().clone() for p in method.networks["discriminator"].parameters()]
-    method.train_step(two_mode_data(8), step=1)
+    cfg = tiny(**{"diffusion.T": 4})
+    assert cfg.objective.generator_draw == "fresh"
+    g_calls, d_inputs, _ = _hooked_step(DDGANMethod(cfg, torch.device("cpu")))
+    assert len(g_calls) == 2 and len(d_inputs) == 3
+    (g_args_d, out_d), (g_args_g, out_g) = g_calls
+    assert not out_d.requires_grad and out_g.requires_grad
+    x_t_d, t_d, z_d = g_args_d
+    x_t_g, t_g, z_g = g_args_g
+    assert not torch.equal(z_d, z_g) and not torch.equal(x_t_d, x_t_g)
+    (real, x_t_real, t_real), (fake_for_d, x_t_fake, _), (fake_for_g, x_t_gen, t_gen) = d_inputs
+    assert torch.equal(x_t_real, x_t_d) and torch.equal(x_t_fake, x_t_d) and torch.equal(x_t_gen, x_t_g)
+    assert torch.equal(t_gen, t_g) and torch.equal(t_real, t_d)
+    assert not fake_for_d.requires_grad and fake_for_g.requires_grad
+    assert not torch.equal(fake_for_d, fake_for_g)
+
+
+def test_ddgan_shared_draw_reuses_the_fake_for_the_generator_update():
+    """`objective.generator_draw=shared`: G runs once; D sees real, the fake detached (its update)
+    and then the very same fake with G's graph (G's update, through the updated D)."""
+    from ddgan.methods import DDGANMethod
+
+    method = DDGANMethod(tiny(**{"objective.generator_draw": "shared"}), torch.device("cpu"))
+    g_calls, d_inputs, _ = _hooked_step(method)
     assert len(g_calls) == 1 and len(d_inputs) == 3
-    real, fake_for_d, fake_for_g = d_inputs
+    real, fake_for_d, fake_for_g = (args[0] for args in d_inputs)
     assert not fake_for_d.requires_grad and fake_for_g.requires_grad  # detached for D, G's graph for G
     assert fake_for_d.data_ptr() == fake_for_g.data_ptr() and torch.equal(fake_for_d, fake_for_g)
     assert not torch.equal(real, fake_for_d)
-    # G's update went through the updated D: D changed, and G holds gradients from this step
-    d_after = method.networks["discriminator"].parameters()
-    assert any(not torch.equal(a, p) for a, p in zip(d_before, d_after, strict=True))
-    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in method.networks["generator"].parameters()
-               if p.requires_grad)
+
+
+def test_r1_is_lazy_every_fifteen_steps_by_default():
+    """Official default (--r1_gamma 0.02 --lazy_reg 15): R1 only at steps divisible by 15, not rescaled."""
+    from ddgan.methods import DDGANMethod
+
+    cfg = tiny()
+    assert (cfg.objective.r1_gamma, cfg.objective.r1_interval) == (0.02, 15)
+    method = DDGANMethod(cfg, torch.device("cpu"))
+    for step in (14, 15, 16, 30):
+        penalty = method.train_step(two_mode_data(8), step=step)["train/d_penalty"].item()
+        assert (penalty > 0) == (step % 15 == 0), (step, penalty)

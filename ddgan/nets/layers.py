@@ -61,12 +61,14 @@ class PixelNorm(nn.Module):
 
 
 class LatentMapping(nn.Module):
-    """DDGAN's z mapping: PixelNorm, then `layers` Linear + SiLU. (B, z_dim) -> (B, z_emb_dim)."""
+    """DDGAN's z mapping (ncsnpp_generator_adagn.py, `z_transform`): PixelNorm, Linear(z_dim,
+    z_emb_dim) + SiLU, then `n_mlp` x (Linear(z_emb_dim, z_emb_dim) + SiLU).
+    (B, z_dim) -> (B, z_emb_dim). The official CIFAR-10 run uses n_mlp = 4."""
 
-    def __init__(self, z_dim: int, z_emb_dim: int, layers: int = 3):
+    def __init__(self, z_dim: int, z_emb_dim: int, n_mlp: int = 4):
         super().__init__()
         mods: list[nn.Module] = [PixelNorm()]
-        for i in range(layers):
+        for i in range(n_mlp + 1):
             mods += [nn.Linear(z_dim if i == 0 else z_emb_dim, z_emb_dim), nn.SiLU()]
         self.net = nn.Sequential(*mods)
 

@@ -139,14 +139,14 @@ class Generator(nn.Module):
 
     forward(x_t (B, 1, 28, 28), t (B,) int64, z (B, z_dim)) -> x0 (B, 1, 28, 28)
     in (-1, 1) via tanh, as in DDGAN's NCSN++ generator. z is PixelNorm-ed and
-    mapped by a 3-layer MLP to z_emb (B, z_emb_dim), which drives AdaGN in every
+    mapped by a (1 + n_mlp)-layer MLP to z_emb (B, z_emb_dim), which drives AdaGN in every
     residual block, so one x_t maps to many x0 (a multimodal p(x0 | x_t)).
     """
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.z_dim = cfg.z_dim
-        self.mapping = LatentMapping(cfg.z_dim, cfg.z_emb_dim)
+        self.mapping = LatentMapping(cfg.z_dim, cfg.z_emb_dim, cfg.n_mlp)
         self.unet = UNet(cfg, IMAGE_CHANNELS, IMAGE_CHANNELS, z_emb_dim=cfg.z_emb_dim)
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
