@@ -74,7 +74,7 @@ def trial_tags(spec: TrialSpec, prep: Prepared, commit: str, optuna_number: int)
     return {"study": prep.stores.study, "cell": spec.cell, "phase": spec.phase, "method": spec.method,
             "loss": spec.loss, "T": spec.T, "lr": spec.lr, "seed": spec.seed, "sampler": spec.sampler,
             "sampling_steps": spec.sampling_steps, "source_trial": spec.source, "total_steps": spec.total_steps,
-            "metric": prep.grid.metric, "optuna_study": f"{prep.stores.study}/{spec.cell}",
+            "metric": spec.metric or prep.grid.metric, "optuna_study": f"{prep.stores.study}/{spec.cell}",
             "optuna_trial_number": optuna_number, "git_commit": commit, "rerun_command": rerun_command(spec, prep)}
 
 
@@ -196,7 +196,8 @@ def _bookkeeping(prep: Prepared):
         "trials": len(plan.trials), "cells": len(plan.cells())})
     run_ids = tracker.trial_runs(experiment, parent, [
         (s.key, trial_tags(s, prep, commit, refs[s.key].number), plan.configs[s.key]) for s in plan.trials])
-    hooks = tuning.DriverHooks(book, tracker, parent, run_ids, plan.grid.metric, {s.key: s.total_steps for s in plan.trials})
+    hooks = tuning.DriverHooks(book, tracker, parent, run_ids, {s.key: s.metric or plan.grid.metric for s in plan.trials},
+                               {s.key: s.total_steps for s in plan.trials})
     context = TrialContext(
         study=where.study, metric=plan.grid.metric, mlflow_uri=where.mlflow_uri, run_ids=run_ids,
         optuna_numbers={k: r.number for k, r in refs.items()}, specs={s.key: s.to_dict() for s in plan.trials},

@@ -27,6 +27,7 @@ from pydantic import Field, StrictInt, model_validator
 
 from ddgan.config import CONFIG_DIR, Config, parse_override, read_yaml, resolve_config
 from ddgan.errors import ConfigError, UsageError
+from ddgan.metrics.evaluator import count_label
 from ddgan.schedule import build_schedule
 from ddgan.strict import Strict, validate
 
@@ -114,11 +115,20 @@ class Respaced(Strict):
     # How the source model is evaluated while it trains (sampling all T steps at every
     # evaluation would cost more than the training): by default DDIM with the smallest S.
     train_eval: tuple[str, ...] | None = None
+    # Fewer evaluation images for some S (e.g. {1000: 500}: all 1000 ancestral steps cost
+    # S x the 1-step time per image). The count is in the metric's name (eval/fd_fmnist_500)
+    # and the time per image is measured as for every S.
+    n_samples: dict[StrictInt, StrictInt] = {}
 
     @model_validator(mode="after")
     def _steps(self) -> Respaced:
         if any(s < 1 or s > self.T for s in self.steps):
             raise ValueError(f"respaced.steps must be in 1..{self.T}")
+        unknown = sorted(set(self.n_samples) - set(self.steps))
+        if unknown:
+            raise ValueError(f"respaced.n_samples names steps {unknown} that are not in respaced.steps")
+        if any(not 2 <= n <= 1_000_000 for n in self.n_samples.values()):
+            raise ValueError("respaced.n_samples: each count must be in 2..1000000")
         return self
 
 
@@ -185,6 +195,9 @@ class TrialSpec:
     source: str | None = None  # sample trials: the key of the trial that trained the model
     total_steps: int = 0
     faults: dict[str, Any] = field(default_factory=dict)  # Faults fields that are set (tests only)
+    # The metric this trial is scored by when it is not the grid's: a sample trial evaluated on
+    # fewer images (respaced.n_samples) reports e.g. eval/fd_fmnist_250, never under the 2k name.
+    metric: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -349,10 +362,21 @@ class _Expander:
         for sampler in respaced.samplers:
             for S in respaced.steps:
                 own = (f"eval.respaced_steps={S}", f"eval.sampler={sampler}")
+                metric = None
+                if S in respaced.n_samples:
+                    own += (f"eval.n_samples={respaced.n_samples[S]}",)
+                    metric = metric_at_count(self.grid.metric, self.grid.eval.n_samples, respaced.n_samples[S])
                 self.add(TrialSpec(
                     f"ddpm-{sampler}-S{S}-of-{source.key}", f"ddpm-{sampler}-S{S}", "sample", "ddpm", "mse",
                     source.T, source.lr, source.seed, source.base, (*source.overrides, *own),
-                    sampling_steps=S, sampler=sampler, source=source.key))
+                    sampling_steps=S, sampler=sampler, source=source.key, metric=metric))
+
+
+def metric_at_count(metric: str, n: int, new_n: int) -> str:
+    """The grid's metric name for `new_n` evaluation images: eval/fd_fmnist_2k -> eval/fd_fmnist_250.
+    A metric whose name does not end in the count of `n` is returned unchanged."""
+    base, _, label = metric.rpartition("_")
+    return f"{base}_{count_label(new_n)}" if base and label == count_label(n) else metric
 
 
 def expand(grid: Grid, path: Path) -> Plan:

@@ -119,10 +119,10 @@ def expected_metrics(config: dict[str, Any]) -> set[str]:
 
 
 def _check_metric(plan: Plan) -> None:
-    metric = plan.grid.metric
-    if not metric.startswith("eval/"):
+    if not plan.grid.metric.startswith("eval/"):
         return
     for spec in plan.trials:
+        metric = spec.metric or plan.grid.metric
         names = expected_metrics(plan.configs[spec.key])
         if metric not in names:
             raise UsageError(f"grid {plan.path.name}: metric {metric!r} is not reported by trial {spec.key} "

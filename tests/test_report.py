@@ -168,3 +168,23 @@ def test_cli_errors_are_one_line_and_exit_2(fake_study, tmp_path, capsys):  # no
     assert run_cli(main, ["--mlflow-uri", fake_study.uri, "--study", "nope", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no study 'nope'" in err and "fake" in err
+
+
+def test_summary_states_images_seen_and_wall_clock_per_trial(fake_report):
+    """Issue 15: the report states images seen and wall-clock per cell; budgets here are equal."""
+    summary = pd.read_csv(fake_report.out / "summary.csv").set_index("trial_key")
+    assert (summary["batch_size"].dropna() == 64).all()
+    assert summary.loc["ddgan-ns-T1-lr0.001-s0", "images_seen"] == 20 * 64
+    assert summary.loc["ddgan-ns-T2-lr0.01-s0", "images_seen"] == 10 * 64  # pruned at step 10
+    assert summary.loc["ddpm-ancestral-S2-of-ddpm-T8-lr0.001-s0", "images_seen"] == 20 * 64  # its source's
+    finished = summary[summary["status"].isin(["completed", "pruned", "failed"])]
+    assert (finished["wall_min"] >= 0).all() and finished["wall_min"].notna().all()
+    assert "Unequal budgets" not in (fake_report.out / "REPORT.md").read_text()
+
+
+def test_unequal_budgets_are_named():
+    from study.report.markdown import planned_images
+
+    summary = pd.DataFrame({"method": ["ddgan", "ddgan", "ddpm", "ddpm"], "phase": ["train", "train", "train", "sample"],
+                            "total_steps": [352, 352, 1200, 1200], "batch_size": [64, 64, 64, 64]})
+    assert planned_images(summary, "ddgan") == [22_528] and planned_images(summary, "ddpm") == [76_800]

@@ -26,9 +26,9 @@ from study.stores.uris import mask_uri
 UNFINISHED = ("pending", "running")
 # Columns of summary.csv, in order; eval/* and train/* metric columns follow `metric`.
 ID_COLUMNS = ["trial_key", "cell", "phase", "method", "loss", "T", "sampler", "sampling_steps", "lr", "seed",
-              "preset", "status", "steps", "total_steps"]
+              "preset", "status", "steps", "total_steps", "batch_size", "images_seen", "wall_min"]
 TAIL_COLUMNS = ["failure_reason", "run_id", "run_status"]
-INT_COLUMNS = ["T", "sampling_steps", "seed", "steps", "total_steps"]
+INT_COLUMNS = ["T", "sampling_steps", "seed", "steps", "total_steps", "batch_size", "images_seen"]
 PROTOCOL_TAG = re.compile(r"^(eval/[^.]+)\.(\w+)$")  # Evaluator.protocol_tags(): "eval/fd_fmnist_2k.weights_sha256"
 
 
@@ -122,10 +122,20 @@ def _identity(row: pd.Series) -> dict[str, Any]:
         "preset": _first(row, "params.model.preset"),
         "status": _first(row, "tags.status") or "pending",
         "total_steps": _number(_first(row, "tags.total_steps", "params.train.steps"), int),
+        "batch_size": _number(_first(row, "params.train.batch_size"), int),
+        "wall_min": _wall_minutes(row),
         "failure_reason": _first(row, "tags.failure_reason"),
         "run_id": row["run_id"],
         "run_status": row["status"],
     }
+
+
+def _wall_minutes(row: pd.Series) -> float | None:
+    """The run's wall-clock (MLflow start to end; all attempts of a retried trial)."""
+    start, end = row.get("start_time"), row.get("end_time")
+    if start is None or end is None or pd.isna(start) or pd.isna(end):
+        return None
+    return (float(end) - float(start)) / 60_000  # MLflow times are ms since the epoch
 
 
 STEP_TAG = {"completed": "tags.final_step", "pruned": "tags.pruned_at_step", "failed": "tags.failed_step"}
@@ -154,6 +164,10 @@ def _summary(trials: pd.DataFrame, histories: dict[str, pd.DataFrame], metric: s
     for _, row in trials.iterrows():
         record = _identity(row)
         record["steps"] = _last_step(row, histories[row["run_id"]])
+        # Images the model saw: a training trial's own steps; a sample trial's source model's.
+        trained = record["total_steps"] if record["phase"] == "sample" else record["steps"]
+        if trained is not None and record["batch_size"] is not None:
+            record["images_seen"] = int(trained) * int(record["batch_size"])
         for column in eval_cols + other_cols:
             record[column.removeprefix("metrics.")] = row[column]
         rows.append(record)

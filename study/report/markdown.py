@@ -55,6 +55,13 @@ def _shared(values: list, unit: str = "") -> str:
     return " / ".join(f"{v:,}{unit}" if isinstance(v, int) else f"{v}{unit}" for v in found) or "?"
 
 
+def planned_images(summary: pd.DataFrame, method: str) -> list[int]:
+    """The distinct training budgets (total steps x batch, in images) of a method's training trials."""
+    rows = summary[(summary["method"] == method) & (summary["phase"] == "train")]
+    return sorted({int(s) * int(b) for s, b in zip(rows["total_steps"], rows["batch_size"], strict=True)
+                   if pd.notna(s) and pd.notna(b)})
+
+
 def scale_lines(runs: StudyRuns) -> list[str]:
     """What the study is, before any number: network preset, training length, evaluation size.
     A study of tiny networks is said to be a plumbing check up front."""
@@ -69,6 +76,10 @@ def scale_lines(runs: StudyRuns) -> list[str]:
     line = (f"**Scale:** {_shared(presets)} preset networks; {_shared(steps)} training steps per trial at batch "
             f"{_shared(batches)} ({_shared(images)} images seen{epochs}); the metric on {_shared(samples)} samples; "
             f"{len(runs.summary)} trials.")
+    budgets = {method: planned_images(runs.summary, method) for method in ("ddgan", "ddpm")}
+    if budgets["ddgan"] and budgets["ddpm"] and budgets["ddgan"] != budgets["ddpm"]:
+        line += (f" **Unequal budgets:** DDGAN cells train on {_shared(budgets['ddgan'])} images, DDPM cells on "
+                 f"{_shared(budgets['ddpm'])}: every DDGAN-vs-DDPM comparison below is at unequal training.")
     if presets == ["tiny"]:
         return ["**A plumbing check, not a result.** Tiny networks trained for a few dozen steps: this study "
                 "checks the machinery (Ray Tune trials, per-cell Optuna pruning, MLflow records, this report). "

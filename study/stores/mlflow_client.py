@@ -85,10 +85,12 @@ class MlflowStore:
                 return runs
 
     def runs_frame(self, experiment_id: str, filter_string: str) -> pd.DataFrame:
-        """One row per matching run: run_id, status, then tags.*, params.*, metrics.* columns."""
+        """One row per matching run: run_id, status, start_time, end_time (ms since the epoch, None
+        while running), then tags.*, params.*, metrics.* columns."""
         rows = []
         for run in self.search_all([experiment_id], filter_string):
-            row: dict[str, Any] = {"run_id": run.info.run_id, "status": run.info.status}
+            row: dict[str, Any] = {"run_id": run.info.run_id, "status": run.info.status,
+                                   "start_time": run.info.start_time, "end_time": run.info.end_time}
             for prefix, values in (("metrics", run.data.metrics), ("params", run.data.params),
                                    ("tags", run.data.tags)):
                 row.update({f"{prefix}.{k}": v for k, v in values.items()})

@@ -31,9 +31,9 @@ class DriverHooks:
     """What the driver does when Ray says a trial was pruned, completed or failed."""
 
     def __init__(self, book: CellBook, tracker: Tracker, parent_run_id: str, run_ids: dict[str, str],
-                 metric: str, totals: dict[str, int]):
+                 metrics: dict[str, str], totals: dict[str, int]):
         self.book, self.tracker, self.parent_run_id = book, tracker, parent_run_id
-        self.run_ids, self.metric, self.totals = run_ids, metric, totals
+        self.run_ids, self.metrics, self.totals = run_ids, metrics, totals  # key -> its scoring metric
         self.events: list[tuple[str, str]] = []
 
     def on_pruned(self, key: str, step: int, value: float) -> None:
@@ -48,7 +48,7 @@ class DriverHooks:
         if tags.get("status") == "failed":  # the trial recorded its own failure
             self.book.finish(key, TrialState.FAIL, fail_reason=tags.get("failure_reason", "failed"))
             return
-        value = (result or {}).get(self.metric)
+        value = (result or {}).get(self.metrics[key])
         if value is None:
             value = frozen.intermediate_values.get(self.totals[key])
         self.book.finish(key, TrialState.COMPLETE, None if value is None else float(value))
@@ -63,7 +63,7 @@ class DriverHooks:
             run = self.tracker.client.get_run(self.run_ids[key])
             status = run.data.tags.get("status")
             if status == "completed":
-                self.book.finish(key, TrialState.COMPLETE, run.data.metrics.get(self.metric))
+                self.book.finish(key, TrialState.COMPLETE, run.data.metrics.get(self.metrics[key]))
             elif status == "pruned":
                 self.book.finish(key, TrialState.PRUNED, pruned_at_step=int(run.data.tags.get("pruned_at_step", 0)))
             elif status == "failed":

@@ -246,7 +246,7 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
         raise err
     work_dir = Path(tune_ctx.get_trial_dir()) / "work"
     work_dir.mkdir(parents=True, exist_ok=True)
-    reporter = StudyReporter(run, context.metric, total, work_dir)
+    reporter = StudyReporter(run, spec.get("metric") or context.metric, total, work_dir)
     if spec["phase"] == "sample":
         _sample(spec, cfg, context, run, reporter, work_dir)
     else:
