@@ -81,6 +81,30 @@ def test_ddpm_cells_and_respaced_sampling_phase(tmp_path):
     assert (source.eval.respaced_steps, source.eval.sampler) == (5, "ddim")  # cheap evaluation while training
 
 
+@pytest.mark.parametrize("name", ["cpu", "full"])
+def test_study_grids_measure_ddpm_at_1000_steps_on_one_schedule_at_equal_budgets(name):
+    """Issue 15: the T=1000 model sampled with all its 1000 ancestral steps; every DDPM model
+    on the VP schedule; every DDGAN and DDPM training cell sees the same number of images."""
+    plan = load_plan(name)
+    configs = {k: Config.from_dict(c) for k, c in plan.configs.items()}
+    full = [t for t in plan.phase("sample") if t.sampling_steps == 1000 and t.sampler == "ancestral"]
+    assert len(full) == 1 and configs[full[0].key].diffusion.T == 1000
+    assert {configs[t.key].diffusion.schedule for t in plan.trials if t.method == "ddpm"} == {"vp"}
+    images = {t.method: set() for t in plan.phase("train")}
+    for t in plan.phase("train"):
+        images[t.method].add(t.total_steps * configs[t.key].train.batch_size)
+    assert len(images["ddgan"]) == 1 and images["ddgan"] == images["ddpm"]
+    if name == "cpu":  # 1000 steps on fewer images, the count in the metric's name
+        assert full[0].metric == "eval/fd_fmnist_250" and configs[full[0].key].eval.n_samples == 250
+        assert all(t.metric is None for t in plan.trials if t.sampling_steps != 1000)
+
+
+def test_respaced_sample_counts_must_name_planned_steps(tmp_path):
+    ddpm = {"T": [10], "lr": [2e-4], "respaced": {"T": 10, "steps": [5, 10], "n_samples": {7: 32}}}
+    with pytest.raises(UsageError, match=r"names steps \[7\]"):
+        load_grid(str(write_grid(tmp_path, ddgan=None, ddpm=ddpm)))
+
+
 def test_method_overrides_win_over_the_grid_eval_plan(tmp_path):
     ddpm = {"T": [10], "lr": [2e-4], "overrides": ["eval.every=25"]}
     plan = expand(*load_grid(str(write_grid(tmp_path, ddgan={**BASE["ddgan"], "overrides": ["eval.n_samples=32"]},
