@@ -165,6 +165,11 @@ def _resumed(context: TrialContext, hooks, specs: list[TrialSpec], prep: Prepare
     hooks.reconcile(keys)
     names = {TrialState.COMPLETE: "completed", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed"}
     ended = {k: names[hooks.book.frozen(k).state] for k in keys if hooks.book.frozen(k).state in names}
+    final = {"completed": "FINISHED", "pruned": "KILLED", "failed": "FAILED"}
+    for key, status in ended.items():  # a driver killed mid-update may have left MLflow a step behind
+        run = hooks.tracker.client.get_run(hooks.run_ids[key])
+        if (run.data.tags.get("status"), run.info.status) != (status, final[status]):
+            hooks.tracker.mark(hooks.run_ids[key], status, final[status])
     found = newest_checkpoints(prep.stores.ray_storage, phase)
     return dataclasses.replace(context, ended=ended, resume_from={k: found[k] for k in keys if k in found and k not in ended})
 
