@@ -156,7 +156,8 @@ def test_compare_timing_tables_both_networks(tmp_path):
     real = save_script(SmallInception(), tmp_path / "real.pt")
     text = gpu_bundle.compare_timing(str(real), images=2, repeats=1, device="cpu")
     assert "- command: `python " in text and "- device: cpu" in text
-    rows = [line for line in text.splitlines() if line.startswith("| ") and "ms/image" not in line]
+    rows = [line for line in text.splitlines()
+            if line.startswith("| ") and "ms/image" not in line and not line.startswith("| ---")]
     assert [row.split("|")[1].strip().split(" ")[0] for row in rows] == ["real.pt", gpu_bundle.TIMING_NAME]
     ratio = float(text.rsplit("timing-only / real: ", 1)[1].split()[0])
     assert 0 < ratio < float("inf")
