@@ -25,10 +25,11 @@ from optuna.trial import TrialState
 
 from ddgan.config import Config
 from ddgan.metrics.evaluator import prepare_reference
-from study import cost, history, stores, summary, tuning
+from study import cost, stores, summary, tuning
 from study.grid import TrialSpec
 from study.prepare import Prepared, StudyOptions, newest_checkpoints, prepare
 from study.progress import Progress
+from study.stores import history
 from study.stores.tracking import Tracker
 from study.tuning.pruning import CellBook, build_pruner, register_driver
 from study.tuning.trial import TrialContext

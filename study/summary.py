@@ -8,8 +8,8 @@ from pathlib import Path
 import torch
 from optuna.trial import TrialState
 
-from study import cost, history
-from study.stores import mask_uri
+from study import cost
+from study.stores import history, mask_uri
 from study.stores.uris import DEFAULT_STATE_DIR, REPORTS_DIR
 
 
@@ -59,7 +59,7 @@ def _counts(book, plan) -> dict[str, int]:
 def summarize(prep, book, seconds: float, runs: list[dict] | None = None) -> tuple[str, dict[str, int]]:
     """Best trial per cell, counts by final state, the study's own time, where the results are, what next.
 
-    seconds: this invocation's time; runs: every invocation (study.history), for the study's total."""
+    seconds: this invocation's time; runs: every invocation (study.stores.history), for the study's total."""
     plan, grid, stores = prep.plan, prep.grid, prep.stores
     lines = [f"study {stores.study!r}: {len(plan.trials)} trials in {history.describe(runs or [], seconds)}", "",
              f"{'cell':<28} {'best ' + grid.metric:<30} {'trial':<40} done/pruned/failed"]

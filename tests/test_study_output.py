@@ -13,11 +13,10 @@ from types import SimpleNamespace
 import pytest
 from optuna.trial import TrialState
 
-from study import history
 from study.cost import Figures
 from study.grid import load_plan
 from study.progress import Progress
-from study.stores import resolve_stores
+from study.stores import history, resolve_stores
 from study.summary import next_commands
 
 REPO = Path(__file__).resolve().parents[1]

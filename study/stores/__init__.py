@@ -5,6 +5,7 @@
   mlflow_client  `MlflowStore`: public MlflowClient calls that retry; run search; server probe
   tracking       the study's MLflow layout: parent run, one run per trial, no duplicate steps
   registry       exported samplers in the MLflow Model Registry
+  history        when each invocation of a study ran (history.json in the run state)
 """
 
 from study.stores.connect import init_stores, optuna_storage, preflight

@@ -1,4 +1,4 @@
-"""When each invocation of a study ran and for how long (`<state>/<study>/history.json`).
+"""When each invocation of a study ran and for how long (`<state>/<study>/history.json`, one of the study's stores).
 
 The end-of-run summary reports the study's own time (every invocation, `--resume`s
 included), not just the last call's. An invocation whose driver was killed has no end:
