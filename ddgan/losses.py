@@ -69,7 +69,8 @@ def _exp(v: torch.Tensor) -> torch.Tensor:
 
 
 def _log_mean_exp(x: torch.Tensor) -> torch.Tensor:
-    """log((1/B) sum_i exp(x_i)) for x (B,): exact and finite for every finite x."""
+    """log((1/B) sum_i exp(x_i)) over all B elements of x: exact and finite for every finite x."""
+    x = x.reshape(-1)  # (B,); a 0-d tensor is a batch of one
     return torch.logsumexp(x, dim=0) - math.log(x.shape[0])
 
 

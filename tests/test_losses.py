@@ -198,6 +198,7 @@ def test_default_generator_gradient_survives_a_confident_discriminator(name):
     obj = get_objective(name)
     for v0 in (-10.0, -35.0):
         assert abs(grad_wrt_v(obj.generator_loss, torch.tensor([v0])).item()) >= 1e-3
+        assert abs(grad_wrt_v(obj.generator_loss, torch.tensor(v0)).item()) >= 1e-3  # a 0-d output too
         batch = grad_wrt_v(obj.generator_loss, torch.full((64,), v0))  # (64,), each 1/64 of one sample's
         assert (batch.abs() >= 1e-3 / 64).all()
     grid = torch.linspace(-40, 40, 801)
