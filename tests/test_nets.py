@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -11,6 +13,8 @@ from ddgan.config import ModelConfig, load_config, preset_names
 from ddgan.nets import Denoiser, Discriminator, Generator, build_networks, count_parameters
 from ddgan.nets.discriminator import BlurDownsample, minibatch_stddev
 
+REPO = Path(__file__).resolve().parents[1]
+
 
 @pytest.fixture(scope="module")
 def tiny() -> ModelConfig:
@@ -19,15 +23,6 @@ def tiny() -> ModelConfig:
 
 def _variant(cfg: ModelConfig, **changes) -> ModelConfig:
     return ModelConfig(**{**cfg.model_dump(), **changes})
-
-
-def _awake(disc: Discriminator) -> Discriminator:
-    """D's block and final convolutions start at zero (official init_scale=0), so at init v
-    ignores t and the images' details: perturb them as one training step would."""
-    for block in disc.blocks:
-        torch.nn.init.normal_(block.conv2.weight, std=0.1)
-    torch.nn.init.normal_(disc.conv_out.weight, std=0.1)
-    return disc
 
 
 def _inputs(batch: int, z_dim: int, seed: int = 0):
@@ -82,7 +77,7 @@ def test_generator_output_is_inside_open_interval(tiny):
 
 def test_discriminator_depends_on_both_images_and_t(tiny):
     torch.manual_seed(0)
-    disc = _awake(Discriminator(tiny)).eval()
+    disc = Discriminator(tiny).eval()
     x_prev, x_t, t, _ = _inputs(3, tiny.z_dim)
     with torch.no_grad():
         v = disc(x_prev, x_t, t)
@@ -110,7 +105,7 @@ def test_minibatch_stddev_closed_form_and_grouping():
 def test_discriminator_output_depends_on_its_group_only(tiny):
     """Minibatch stddev (official D, group 4): v_i changes with the other members of i's group."""
     torch.manual_seed(0)
-    disc = _awake(Discriminator(tiny)).eval()
+    disc = Discriminator(tiny).eval()
     x_prev, x_t, t, _ = _inputs(8, tiny.z_dim)
     with torch.no_grad():
         v = disc(x_prev, x_t, t)
@@ -119,8 +114,23 @@ def test_discriminator_output_depends_on_its_group_only(tiny):
         other_group[1] = torch.randn(1, 28, 28)
         assert abs(disc(same_group, x_t, t)[0] - v[0]) > 1e-6
         torch.testing.assert_close(disc(other_group, x_t, t)[0], v[0], rtol=0, atol=0)
-        no_std = _awake(Discriminator(_variant(tiny, disc_stddev_group=0))).eval()
+        no_std = Discriminator(_variant(tiny, disc_stddev_group=0)).eval()
         torch.testing.assert_close(no_std(same_group, x_t, t)[0], no_std(x_prev, x_t, t)[0])
+
+
+def test_base_config_discriminator_sees_the_rest_of_its_batch():
+    """configs/ddgan.yaml as built (no training): v of one sample moves when another sample of its
+    minibatch-stddev group changes; R1 is lazy, every 15 steps."""
+    cfg = load_config(REPO / "configs" / "ddgan.yaml")
+    assert (cfg.model.disc_stddev_group, cfg.objective.r1_gamma, cfg.objective.r1_interval) == (4, 0.02, 15)
+    torch.manual_seed(0)
+    disc = build_networks(cfg.model, "ddgan")["discriminator"].eval()
+    x_prev, x_t, t, _ = _inputs(8, cfg.model.z_dim)
+    with torch.no_grad():
+        v = disc(x_prev, x_t, t)
+        changed = x_prev.clone()
+        changed[4] = -changed[4]  # same group as sample 0
+        assert not torch.allclose(disc(changed, x_t, t)[0], v[0])
 
 
 def test_blur_downsample_sizes_and_constant_interior():
@@ -166,10 +176,8 @@ def test_every_parameter_gets_a_gradient(tiny, variant):
     torch.manual_seed(0)
     x_prev, x_t, t, z = _inputs(2, cfg.z_dim)
     generator, disc, denoiser = Generator(cfg), Discriminator(cfg), Denoiser(cfg)
-    # The denoiser's output convolution and D's block/final convolutions start at zero (the
-    # official init_scale=0: no gradient behind them yet): perturb them.
+    # The denoiser's output convolution starts at zero (no gradient behind it yet): perturb it.
     torch.nn.init.normal_(denoiser.unet.conv_out.weight, std=0.1)
-    _awake(disc)
     weights = torch.randn(2, 1, 28, 28)
     outputs = {
         "generator": (generator(x_t, t, z) * weights).sum(),
@@ -192,7 +200,7 @@ def test_denoiser_starts_at_zero(tiny):
 
 def test_discriminator_supports_r1_double_backward(tiny):
     x_prev, x_t, t, _ = _inputs(2, tiny.z_dim)
-    disc = _awake(Discriminator(tiny))
+    disc = Discriminator(tiny)
     x_prev.requires_grad_(True)
     (grad,) = torch.autograd.grad(disc(x_prev, x_t, t).sum(), x_prev, create_graph=True)
     grad.pow(2).sum().backward()
@@ -203,7 +211,7 @@ def test_channels_last_gives_the_same_outputs(tiny):
     torch.manual_seed(0)
     cfg = _variant(tiny, attn_resolutions=(14,))
     x_prev, x_t, t, z = _inputs(2, cfg.z_dim)
-    generator, disc = Generator(cfg).eval(), _awake(Discriminator(cfg)).eval()
+    generator, disc = Generator(cfg).eval(), Discriminator(cfg).eval()
     with torch.no_grad():
         g_ref, d_ref = generator(x_t, t, z), disc(x_prev, x_t, t)
         generator.to(memory_format=torch.channels_last)

@@ -11,8 +11,11 @@ adapted to 28x28:
 with C_i = disc_channels * disc_channel_mult[i]. The official CIFAR-10 D is ngf = 64,
 multipliers (2, 4, 8, 8) at 32 / 16 / 8 / 4; here the same at 28 / 14 / 7 / 3 (the FIR
 downsampling of 7 gives 3, as upfirdn2d does). LeakyReLU(0.2) throughout, no
-normalisation, the time embedding added inside every block; the last convolution of
-every block and the final convolution start at zero (the official `init_scale=0`).
+normalisation, the time embedding added inside every block. One deliberate difference:
+the official code starts the last convolution of every block and the final convolution at
+~zero (`init_scale=0`, variance 1e-10), so its D is a constant that ignores t and the batch
+until the first update; here every layer keeps PyTorch's default initialisation, so D is a
+function of (x_{t-1}, x_t, t) and of its minibatch group from the start.
 
 Minibatch stddev (Karras et al. 2018, as in the official D) makes one sample's output
 depend on the others in its group of 4: D can see a lack of variety across fakes.
@@ -55,7 +58,7 @@ class DownBlock(nn.Module):
     """The official `DownConvBlock`: (B, C_in, H, W), t_emb -> (B, C_out, H', W').
 
         h = conv1(act(x)) + Linear(t_emb);  h = act(h);  [downsample h and x]
-        out = (conv2(h) + skip(x)) / sqrt(2),  skip a bias-free 1x1 conv, conv2 zero at start.
+        out = (conv2(h) + skip(x)) / sqrt(2),  skip a bias-free 1x1 conv.
     """
 
     def __init__(self, in_ch: int, out_ch: int, t_emb_dim: int, downsample: bool):
@@ -63,8 +66,6 @@ class DownBlock(nn.Module):
         self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
         self.t_proj = nn.Linear(t_emb_dim, out_ch)
         self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1)
-        nn.init.zeros_(self.conv2.weight)
-        nn.init.zeros_(self.conv2.bias)
         self.skip = nn.Conv2d(in_ch, out_ch, 1, bias=False)
         self.down = BlurDownsample() if downsample else nn.Identity()
         self.act = LeakyReLU()
@@ -113,7 +114,6 @@ class Discriminator(nn.Module):
         )
         extra = 1 if self.stddev_group > 0 else 0
         self.conv_out = nn.Conv2d(channels[-1] + extra, channels[-1], 3, padding=1)
-        nn.init.zeros_(self.conv_out.weight)
         self.act = LeakyReLU()
         self.linear_out = nn.Linear(channels[-1], 1)
 
