@@ -133,8 +133,9 @@ def _mlflow_status(db: Path) -> dict[str, tuple[str, int]]:
 def _ray_saved_steps(ray_dir: Path) -> dict[str, tuple[str, int]]:
     """trial key -> (status, step of its last result) in the experiment state Ray last saved.
 
-    A trial reports to Ray only at its start and at each evaluation (with the checkpoint), so a
-    RUNNING trial saved at step >= 20 is one whose step-20 checkpoint a resume will find. Ray
+    A trial reports to Ray at its start, at each evaluation (with the checkpoint) and at the log
+    steps between evaluations (the step alone, never at an evaluation step), so a RUNNING trial
+    saved at step >= 20 is one whose step-20 checkpoint a resume will find. Ray
     saves this file periodically (TUNE_GLOBAL_CHECKPOINT_S) and after every `num_to_keep`
     checkpoints of a trial; a kill between a report and the next save loses only that progress.
     """

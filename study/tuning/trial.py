@@ -87,6 +87,7 @@ class StudyReporter(Callback):
         self.pending: dict[int, dict[str, float]] = {}  # train/* metrics awaiting the next evaluation
         self.last_train: dict[str, float] = {}
         self.last_eval: dict[str, float] = {}
+        self.eval_every = 1  # from the config at on_train_start
 
     def on_train_start(self, info: TrainInfo) -> None:
         # Where each attempt started: 0, then the checkpoint step of every resume.
@@ -94,13 +95,17 @@ class StudyReporter(Callback):
         self.run.set_tags(start_steps=f"{starts},{info.start_step}" if starts else str(info.start_step))
         # A first result at once lets the driver stop a trial that it pruned before a restart.
         tune.report({"step": info.start_step, "total_steps": self.total_steps})
+        self.eval_every = int(info.config["eval"]["every"])
 
     def on_train_step(self, step: int, metrics: dict[str, float]) -> None:
         self.pending[step] = dict(metrics)
         self.last_train = dict(metrics)
         # The step alone (no metric: the pruner ignores it), so the driver's progress line and
-        # Ray's table follow a running trial between its evaluations.
-        tune.report({"step": step, "total_steps": self.total_steps})
+        # Ray's table follow a running trial between its evaluations. Not at an evaluation step:
+        # its report (with the checkpoint) follows at once, so a saved result at step s >= an
+        # evaluation step e always comes after e's checkpoint.
+        if step % self.eval_every and step < self.total_steps:
+            tune.report({"step": step, "total_steps": self.total_steps})
 
     def on_eval(self, step, metrics, artifacts, checkpoint) -> None:
         if self.metric.startswith("eval/") and self.metric not in metrics:
