@@ -15,7 +15,8 @@ from study.report.markdown import FIGURE_CAPTIONS, scale_lines
 def _runs(preset: str) -> StudyRuns:
     raw = pd.DataFrame({"params.train.steps": ["40", "40", "40"], "params.train.batch_size": ["16", "16", "16"],
                         "params.eval.n_samples": ["256", "256", "256"], "tags.phase": ["train", "train", "sample"]})
-    summary = pd.DataFrame({"preset": [preset] * 3, "phase": ["train", "train", "sample"]})
+    summary = pd.DataFrame({"preset": [preset] * 3, "phase": ["train", "train", "sample"], "method": ["ddgan"] * 3,
+                            "total_steps": [40, 40, 40], "batch_size": [16, 16, 16]})
     return StudyRuns(study="s", uri="sqlite:///x.db", experiment_id="1", parent={}, summary=summary, metric="eval/fd",
                      mode="min", raw=raw)
 
