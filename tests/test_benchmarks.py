@@ -191,3 +191,24 @@ def test_profile_step_groups_the_whole_step_and_bounds_the_speed_up():
     assert sum(r["share"] for r in rows) == pytest.approx(1.0)
     assert all(r["share"] > 0 and r["self ms/step"] > 0 for r in rows)
     assert ceiling == pytest.approx(1 / rows[0]["share"]) and ceiling > 1
+
+
+def test_objective_check_table(tmp_path, fmnist_dir):
+    """benchmarks/objective_check.py at a tiny size: one row per arm and seed, the arm's form and
+    draw resolved from the config, a summary row per arm with its seeds and finite distances."""
+    env = {**os.environ, "DDGAN_CACHE_DIR": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.objective_check", "--arms", "tv", "tv:nonsaturating/shared",
+                           "--seeds", "0", "1", "--preset", "tiny", "--steps", "4", "--log-every", "2",
+                           "--batch", "8", "--n-samples", "32", "--data-dir", str(fmnist_dir),
+                           "--out", str(tmp_path / "out")], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=900)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    text = (tmp_path / "out" / "objective_check.md").read_text()
+    summary = check_table(text, 0, ["arm", "form", "draw", "seeds", "diverged", "losses moved", "fd mean",
+                                    "95% CI +-", "fd per seed", "step s (median)"], ["fd mean", "95% CI +-"])
+    assert [(r["arm"], r["form"], r["draw"], r["seeds"]) for r in summary] == [
+        ("tv", "log", "fresh", "2"), ("tv:nonsaturating/shared", "nonsaturating", "shared", "2")]
+    per_seed = check_table(text, 1, ["arm", "seed", "status", "d_loss_first", "d_loss_last", "g_loss_first",
+                                     "g_loss_last", "fd", "step_s", "wall_s"], ["fd", "d_loss_first"])
+    assert len(per_seed) == 4 and {r["status"] for r in per_seed} == {"ok"}
+    assert "eval/fd_fmnist_32" in text and "not Inception FID" in text

@@ -1,0 +1,153 @@
+"""Short real-data check of the DDGAN objectives and step variants, several seeds each.
+
+Every arm trains the same cell (a preset, T, learning rate, batch, steps) on Fashion-MNIST
+with `ddgan.trainer.train` and is scored once at the end on the fixed evaluation noise
+(`eval/fd_fmnist_<n>`: Frechet distance in the committed Fashion-MNIST classifier's
+features, NOT Inception FID). An arm is `loss[:generator_form][/draw]`, e.g. `tv:log`,
+`tv:nonsaturating`, `ns/shared`. Per arm and seed it records whether the D and G losses
+moved (mean of the first vs the last logging window), whether training diverged (the
+trainer's non-finite guard), the median step time and the final distance; per arm the mean
+and a 95% t-interval over seeds.
+
+    python -m benchmarks.objective_check --arms ns tv:log tv:nonsaturating --seeds 0 1 2 \\
+        --steps 240 --out /tmp/objective_check
+
+Runs are interleaved seed by seed, so a noisy machine slows every arm alike; `--jobs 2` runs
+two at a time (one torch thread each).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import torch
+from scipy import stats
+
+from benchmarks.common import header, markdown_table, write_table
+from ddgan.callbacks import Callback
+from ddgan.config import load_config
+from ddgan.data import resolve_data_dir
+from ddgan.errors import TrainingDiverged
+from ddgan.trainer import train
+
+CONFIG = Path(__file__).resolve().parents[1] / "configs" / "ddgan.yaml"
+
+
+def arm_overrides(arm: str) -> list[str]:
+    """`loss[:form][/draw]` -> dotted overrides."""
+    spec, _, draw = arm.partition("/")
+    loss, _, form = spec.partition(":")
+    out = [f"objective.loss={loss}"]
+    if form:
+        out.append(f"objective.generator_form={form}")
+    if draw:
+        out.append(f"objective.generator_draw={draw}")
+    return out
+
+
+class _Losses(Callback):
+    def __init__(self):
+        self.windows: list[dict[str, float]] = []
+
+    def on_train_step(self, step, metrics):
+        self.windows.append(dict(metrics))
+
+
+def run_one(arm: str, seed: int, args: dict) -> dict:
+    torch.set_num_threads(args["threads"])
+    cfg = load_config(CONFIG, [
+        f"model.preset={args['preset']}", f"diffusion.T={args['T']}", f"train.lr_g={args['lr']}",
+        f"train.steps={args['steps']}", f"train.batch_size={args['batch']}", f"train.seed={seed}",
+        f"train.log_every={args['log_every']}", f"eval.every={args['steps']}", f"eval.n_samples={args['n_samples']}",
+        "eval.metrics=[fd_fmnist]", "train.device=cpu", f"data.dir={args['data_dir']}", *arm_overrides(arm),
+    ])
+    losses = _Losses()
+    row = {"arm": arm, "seed": seed, "form": cfg.objective.generator_form, "draw": cfg.objective.generator_draw}
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            result = train(cfg, tmp, callbacks=[losses])
+            metric = next(k for k in result.last_metrics if k.startswith("eval/fd_fmnist"))
+            row.update(status="ok", metric=metric, fd=result.last_metrics[metric])
+        except TrainingDiverged as err:
+            row.update(status=f"diverged at step {err.step}", fd=math.nan)
+    row["wall_s"] = time.perf_counter() - start
+    train_windows = [w for w in losses.windows if "train/d_loss" in w]
+    if train_windows:
+        first, last = train_windows[0], train_windows[-1]
+        for key in ("d_loss", "g_loss"):
+            row[f"{key}_first"], row[f"{key}_last"] = first[f"train/{key}"], last[f"train/{key}"]
+        rates = [w["train/img_per_s"] for w in train_windows[1:]] or [first["train/img_per_s"]]
+        row["step_s"] = args["batch"] / statistics.median(rates)
+    return row
+
+
+def interval(values: list[float]) -> tuple[float, float]:
+    """Mean and half-width of the 95% t-interval (nan with fewer than 2 finite values)."""
+    finite = [v for v in values if math.isfinite(v)]
+    if len(finite) < 2:
+        return (finite[0] if finite else math.nan), math.nan
+    half = stats.t.ppf(0.975, len(finite) - 1) * statistics.stdev(finite) / math.sqrt(len(finite))
+    return statistics.mean(finite), half
+
+
+def summarise(rows: list[dict], arms: list[str]) -> list[dict]:
+    out = []
+    for arm in arms:
+        mine = [r for r in rows if r["arm"] == arm]
+        mean, half = interval([r["fd"] for r in mine])
+        moved = sum(abs(r.get("d_loss_last", 0) - r.get("d_loss_first", 0)) > 1e-3
+                    and abs(r.get("g_loss_last", 0) - r.get("g_loss_first", 0)) > 1e-3 for r in mine)
+        out.append({"arm": arm, "form": mine[0]["form"], "draw": mine[0]["draw"], "seeds": len(mine),
+                    "diverged": sum(r["status"] != "ok" for r in mine), "losses moved": f"{moved}/{len(mine)}",
+                    "fd mean": mean, "95% CI +-": half,
+                    "fd per seed": " ".join(f"{r['fd']:.1f}" for r in mine),
+                    "step s (median)": statistics.median(r.get("step_s", math.nan) for r in mine)})
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.objective_check", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--arms", nargs="+", default=["ns", "tv:log", "tv:nonsaturating"])
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--preset", default="small")
+    p.add_argument("--T", type=int, default=4)
+    p.add_argument("--lr", type=float, default=1.6e-4)
+    p.add_argument("--steps", type=int, default=240)
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--n-samples", type=int, default=1000)
+    p.add_argument("--log-every", type=int, default=20)
+    p.add_argument("--jobs", type=int, default=1)
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--out", type=Path, default=None)
+    a = p.parse_args(argv)
+    args = {"preset": a.preset, "T": a.T, "lr": a.lr, "steps": a.steps, "batch": a.batch,
+            "n_samples": a.n_samples, "log_every": a.log_every, "threads": 1 if a.jobs > 1 else torch.get_num_threads(),
+            "data_dir": str(resolve_data_dir(a.data_dir))}
+    jobs = [(arm, seed) for seed in a.seeds for arm in a.arms]
+    with ProcessPoolExecutor(max_workers=a.jobs) as pool:
+        rows = list(pool.map(run_one, [j[0] for j in jobs], [j[1] for j in jobs], [args] * len(jobs)))
+    metric = next((r["metric"] for r in rows if "metric" in r), "eval/fd_fmnist")
+    per_seed = markdown_table(rows, ["arm", "seed", "status", "d_loss_first", "d_loss_last", "g_loss_first",
+                                     "g_loss_last", "fd", "step_s", "wall_s"])
+    summary = markdown_table(summarise(rows, a.arms), ["arm", "form", "draw", "seeds", "diverged", "losses moved",
+                                                       "fd mean", "95% CI +-", "fd per seed", "step s (median)"])
+    text = "\n".join([
+        header("Objective check", "cpu"),
+        f"{a.preset} preset, T={a.T}, lr_g={a.lr:g}, {a.steps} steps at batch {a.batch} "
+        f"({a.steps * a.batch:,} images), `fd` = `{metric}` at the last step (CPU scale, not Inception FID).",
+        "", summary, "", "Per seed:", "", per_seed])
+    print(text)
+    write_table(a.out, "objective_check.md", text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
