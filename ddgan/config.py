@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationInfo, field_validator, model_validator
 
 from ddgan.errors import ConfigError
 from ddgan.strict import Strict as _Section
@@ -51,18 +51,13 @@ class ModelConfig(_Section):
     disc_channel_mult: tuple[int, ...] = (2, 4, 8, 8)
     disc_stddev_group: int = Field(default=4, ge=0, le=64)  # minibatch stddev group; 0: off
 
-    @field_validator("channel_mult")
+    @field_validator("channel_mult", "disc_channel_mult")
     @classmethod
-    def _levels(cls, v: tuple[int, ...]) -> tuple[int, ...]:
-        if not 1 <= len(v) <= 3 or any(m <= 0 for m in v):
-            raise ValueError("needs 1 to 3 positive multipliers (resolutions 28, 14, 7)")
-        return v
-
-    @field_validator("disc_channel_mult")
-    @classmethod
-    def _disc_levels(cls, v: tuple[int, ...]) -> tuple[int, ...]:
-        if not 1 <= len(v) <= 4 or any(m <= 0 for m in v):
-            raise ValueError("needs 1 to 4 positive multipliers (resolutions 28, 14, 7, 3)")
+    def _levels(cls, v: tuple[int, ...], info: ValidationInfo) -> tuple[int, ...]:
+        resolutions = (28, 14, 7, 3) if info.field_name == "disc_channel_mult" else (28, 14, 7)  # U-Net: 3
+        if not 1 <= len(v) <= len(resolutions) or any(m <= 0 for m in v):
+            raise ValueError(f"needs 1 to {len(resolutions)} positive multipliers "
+                             f"(resolutions {', '.join(map(str, resolutions))})")
         return v
 
 
