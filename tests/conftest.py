@@ -34,7 +34,7 @@ def fmnist_dir() -> Path:
     path = find_fmnist_dir()
     if path is None:
         pytest.skip("Fashion-MNIST not found: set DDGAN_DATA_DIR or provide ../shared/data/fashion-mnist")
-    return path
+    return Path(path).resolve()  # absolute: CI sets DDGAN_DATA_DIR=../shared/..., tests symlink it and change cwd
 
 
 # Real PostgreSQL and `mlflow server` on 127.0.0.1 (session-scoped; see tests/servers.py).
