@@ -39,9 +39,8 @@ LeakyReLU = partial(nn.LeakyReLU, 0.2)
 
 class BlurDownsample(nn.Module):
     """FIR low-pass [1, 3, 3, 1] (outer product, sum 1) then stride 2: upfirdn2d's
-    `downsample_2d(x, (1, 3, 3, 1), factor=2)`. (B, C, H, W) -> (B, C, floor(H/2) or (H+1)//2 - ...).
-
-    Padding 1 on each side: 28 -> 14 -> 7 -> 3.
+    `downsample_2d(x, (1, 3, 3, 1), factor=2)`. (B, C, H, W) -> (B, C, H // 2, W // 2)
+    (padding 1 on each side: 28 -> 14 -> 7 -> 3).
     """
 
     def __init__(self):

@@ -96,17 +96,15 @@ class AdaptiveGroupNorm(nn.Module):
 
 
 class _Norm(nn.Module):
-    """GroupNorm, AdaGN (when `z_emb_dim`) or identity (when `enabled` is False)."""
+    """GroupNorm, or AdaGN when `z_emb_dim` is given."""
 
-    def __init__(self, channels: int, z_emb_dim: int | None, enabled: bool = True):
+    def __init__(self, channels: int, z_emb_dim: int | None):
         super().__init__()
         self.adaptive = z_emb_dim is not None
         if self.adaptive:
             self.norm: nn.Module = AdaptiveGroupNorm(channels, z_emb_dim)
-        elif enabled:
-            self.norm = nn.GroupNorm(num_groups(channels), channels)
         else:
-            self.norm = nn.Identity()
+            self.norm = nn.GroupNorm(num_groups(channels), channels)
 
     def forward(self, h: torch.Tensor, z_emb: torch.Tensor | None) -> torch.Tensor:
         return self.norm(h, z_emb) if self.adaptive else self.norm(h)
@@ -120,8 +118,7 @@ class ResBlock(nn.Module):
         out = (skip(x) + h) / sqrt(2)
 
     x: (B, C_in, H, W), t_emb: (B, t_emb_dim), z_emb: (B, z_emb_dim) or None ->
-    (B, C_out, H, W). With `z_emb_dim` both norms are AdaGN (DDGAN's generator);
-    `norm=False` drops normalisation (DDGAN's discriminator). The 1/sqrt(2) skip
+    (B, C_out, H, W). With `z_emb_dim` both norms are AdaGN (DDGAN's generator). The 1/sqrt(2) skip
     rescale follows NCSN++ (Song et al. 2021), used by DDGAN.
     """
 
@@ -133,18 +130,16 @@ class ResBlock(nn.Module):
         *,
         z_emb_dim: int | None = None,
         dropout: float = 0.0,
-        act: type[nn.Module] = nn.SiLU,
-        norm: bool = True,
     ):
         super().__init__()
-        self.norm1 = _Norm(in_ch, z_emb_dim, norm)
+        self.norm1 = _Norm(in_ch, z_emb_dim)
         self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
         self.t_proj = nn.Linear(t_emb_dim, out_ch)
-        self.norm2 = _Norm(out_ch, z_emb_dim, norm)
+        self.norm2 = _Norm(out_ch, z_emb_dim)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1)
         self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
-        self.act = act()
+        self.act = nn.SiLU()
 
     def forward(self, x: torch.Tensor, t_emb: torch.Tensor, z_emb: torch.Tensor | None = None) -> torch.Tensor:
         h = self.conv1(self.act(self.norm1(x, z_emb)))  # (B, C_out, H, W)
