@@ -10,8 +10,9 @@ import torch
 from ddgan import params
 from ddgan.cli import run_cli
 from ddgan.config import ModelConfig, load_config, preset_names
+from ddgan.methods import build_method
 from ddgan.nets import Denoiser, Discriminator, Generator, build_networks, count_parameters
-from ddgan.nets.discriminator import BlurDownsample, minibatch_stddev
+from ddgan.nets.discriminator import BlurDownsample, DownBlock, minibatch_stddev, variance_scaling_
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -102,10 +103,42 @@ def test_minibatch_stddev_closed_form_and_grouping():
         minibatch_stddev(h[:6], 4)
 
 
+def _as_after_training(disc: Discriminator) -> Discriminator:
+    """The ~zero-initialised layers at scale 1, as they are once D has trained."""
+    for module in disc.modules():
+        if isinstance(module, DownBlock):
+            variance_scaling_(module.conv2)
+    variance_scaling_(disc.conv_out)
+    return disc
+
+
+def test_discriminator_initialisation_is_the_official_one(tiny):
+    """dense_layer.py: U(+-sqrt(3 scale / fan_out)), zero bias; conv2 of each block and the final
+    conv at scale 1e-10, so D starts as its skip path and is nearly constant."""
+    torch.manual_seed(0)
+    disc = Discriminator(tiny)
+    for name, module in disc.named_modules():
+        if not isinstance(module, (torch.nn.Conv2d, torch.nn.Linear)):
+            continue
+        w = module.weight
+        fan_out = w.shape[0] * w[0][0].numel()
+        scale = 1e-10 if name == "conv_out" or name.endswith(".conv2") else 1.0
+        bound = (3 * scale / fan_out) ** 0.5
+        assert w.abs().max() <= bound * (1 + 1e-6), name
+        if w.numel() >= 64:  # uniform: max near the bound, variance scale / fan_out
+            assert w.abs().max() > 0.8 * bound, name
+            assert abs(w.var().item() / (scale / fan_out) - 1) < 0.35, name
+        if module.bias is not None:
+            assert torch.count_nonzero(module.bias) == 0, name
+    x_prev, x_t, t, _ = _inputs(8, tiny.z_dim)
+    with torch.no_grad():
+        assert disc(x_prev, x_t, t).abs().max() < 1e-3
+
+
 def test_discriminator_output_depends_on_its_group_only(tiny):
     """Minibatch stddev (official D, group 4): v_i changes with the other members of i's group."""
     torch.manual_seed(0)
-    disc = Discriminator(tiny).eval()
+    disc = _as_after_training(Discriminator(tiny)).eval()
     x_prev, x_t, t, _ = _inputs(8, tiny.z_dim)
     with torch.no_grad():
         v = disc(x_prev, x_t, t)
@@ -114,23 +147,28 @@ def test_discriminator_output_depends_on_its_group_only(tiny):
         other_group[1] = torch.randn(1, 28, 28)
         assert abs(disc(same_group, x_t, t)[0] - v[0]) > 1e-6
         torch.testing.assert_close(disc(other_group, x_t, t)[0], v[0], rtol=0, atol=0)
-        no_std = Discriminator(_variant(tiny, disc_stddev_group=0)).eval()
+        no_std = _as_after_training(Discriminator(_variant(tiny, disc_stddev_group=0))).eval()
         torch.testing.assert_close(no_std(same_group, x_t, t)[0], no_std(x_prev, x_t, t)[0])
 
 
 def test_base_config_discriminator_sees_the_rest_of_its_batch():
-    """configs/ddgan.yaml as built (no training): v of one sample moves when another sample of its
-    minibatch-stddev group changes; R1 is lazy, every 15 steps."""
-    cfg = load_config(REPO / "configs" / "ddgan.yaml")
+    """configs/ddgan.yaml after one training step (at init its last conv is ~0, as the official
+    D): v of one sample moves when another sample of its minibatch-stddev group changes, and
+    not when a sample of another group does; R1 is lazy, every 15 steps."""
+    cfg = load_config(REPO / "configs" / "ddgan.yaml", ["train.device=cpu"])
     assert (cfg.model.disc_stddev_group, cfg.objective.r1_gamma, cfg.objective.r1_interval) == (4, 0.02, 15)
     torch.manual_seed(0)
-    disc = build_networks(cfg.model, "ddgan")["discriminator"].eval()
+    method = build_method(cfg, torch.device("cpu"))
+    method.train_step(torch.rand(8, 1, 28, 28) * 2 - 1, step=1)
+    disc = method.networks["discriminator"].eval()
     x_prev, x_t, t, _ = _inputs(8, cfg.model.z_dim)
     with torch.no_grad():
         v = disc(x_prev, x_t, t)
-        changed = x_prev.clone()
-        changed[4] = -changed[4]  # same group as sample 0
-        assert not torch.allclose(disc(changed, x_t, t)[0], v[0])
+        same_group, other_group = x_prev.clone(), x_prev.clone()
+        same_group[4] = 4 * same_group[4]  # groups by stride 2: sample 0's group is {0, 2, 4, 6}
+        other_group[1] = 4 * other_group[1]
+        assert abs(disc(same_group, x_t, t)[0] - v[0]) > 1e-3 * v.abs().mean()
+        torch.testing.assert_close(disc(other_group, x_t, t)[0], v[0], rtol=0, atol=0)
 
 
 def test_blur_downsample_sizes_and_constant_interior():

@@ -11,11 +11,15 @@ adapted to 28x28:
 with C_i = disc_channels * disc_channel_mult[i]. The official CIFAR-10 D is ngf = 64,
 multipliers (2, 4, 8, 8) at 32 / 16 / 8 / 4; here the same at 28 / 14 / 7 / 3 (the FIR
 downsampling of 7 gives 3, as upfirdn2d does). LeakyReLU(0.2) throughout, no
-normalisation, the time embedding added inside every block. One deliberate difference:
-the official code starts the last convolution of every block and the final convolution at
-~zero (`init_scale=0`, variance 1e-10), so its D is a constant that ignores t and the batch
-until the first update; here every layer keeps PyTorch's default initialisation, so D is a
-function of (x_{t-1}, x_t, t) and of its minibatch group from the start.
+normalisation, the time embedding added inside every block.
+
+Initialisation as the official `dense_layer.py`: every weight uniform with variance
+scale / fan_out, biases zero, scale 1, except the second convolution of each block and the
+final 3x3 convolution (scale 1e-10: ~zero). So at init every block is its skip path and D is
+nearly a constant; it learns from the first update (Adam is scale-free). PyTorch's default
+initialisation (variance 1 / (3 fan_in)) is NOT used: it shrinks the signal by ~sqrt(3) per
+layer, v stays ~0.02 and D sits at chance for hundreds of steps (measured: benchmarks/RESULTS.md
+section 6).
 
 Minibatch stddev (Karras et al. 2018, as in the official D) makes one sample's output
 depend on the others in its group of 4: D can see a lack of variety across fakes.
@@ -75,6 +79,28 @@ class DownBlock(nn.Module):
         return (self.conv2(h) + self.skip(self.down(x))) * (1 / math.sqrt(2))
 
 
+def variance_scaling_(layer: nn.Conv2d | nn.Linear, scale: float = 1.0) -> None:
+    """The official `variance_scaling_init_`: weight ~ U(-b, b), b = sqrt(3 scale / fan_out)
+    (its `fan_avg` mode falls through to fan_out), scale 0 -> 1e-10; bias zero."""
+    fan_out = layer.weight.shape[0] * layer.weight[0][0].numel()
+    bound = math.sqrt(3.0 * (1e-10 if scale == 0 else scale) / max(1, fan_out))
+    with torch.no_grad():
+        layer.weight.uniform_(-bound, bound)
+        if layer.bias is not None:
+            layer.bias.zero_()
+
+
+def official_init_(disc: nn.Module) -> None:
+    """Every Conv2d / Linear of `disc` at scale 1; each block's conv2 and `conv_out` at ~0."""
+    for module in disc.modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            variance_scaling_(module)
+    for module in disc.modules():
+        if isinstance(module, DownBlock):
+            variance_scaling_(module.conv2, 0.0)
+    variance_scaling_(disc.conv_out, 0.0)
+
+
 def minibatch_stddev(h: torch.Tensor, group_size: int) -> torch.Tensor:
     """Append one feature map: the std over each group of `group_size` samples, averaged over
     channels and positions (Karras et al. 2018; official D: group 4, one feature).
@@ -115,6 +141,8 @@ class Discriminator(nn.Module):
         self.conv_out = nn.Conv2d(channels[-1] + extra, channels[-1], 3, padding=1)
         self.act = LeakyReLU()
         self.linear_out = nn.Linear(channels[-1], 1)
+        official_init_(self)
+
 
     def forward(self, x_prev: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         t_emb = self.act(self.time_embedding(t))  # (B, t_emb_dim)
