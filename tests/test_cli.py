@@ -105,7 +105,7 @@ def test_train_then_sample_end_to_end(tmp_path, fmnist_dir):
 
 
 CLIS = ["ddgan.train", "ddgan.sample", "ddgan.params", "ddgan.metrics.train_classifier", "study.run",
-        "study.report.cli", "study.export", "study.ui"]
+        "study.report.cli", "study.export", "study.final_fid", "study.ui"]
 
 
 @pytest.mark.parametrize("module", CLIS)

