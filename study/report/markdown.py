@@ -8,6 +8,7 @@ from typing import Any
 
 import pandas as pd
 
+from study.report.claims import claims_section
 from study.report.data import StudyRuns, protocol_rows, provenance
 from study.report.tables import MS, NFE, cell_label, fmt, fmt_interval, markdown_table
 
@@ -254,6 +255,7 @@ def render(runs: StudyRuns, best: pd.DataFrame, speed: pd.DataFrame, reference: 
            discussion: str | None = None) -> str:
     lines = header(runs, generated, report_command)
     lines += at_a_glance(runs, best, speed)
+    lines += claims_section(best, runs.metric, runs.mode)
     lines += discussion_section(discussion)
     lines += missing_section(notes)
     lines += ddgan_tables(best, runs.metric) + ddpm_table(best, runs.metric)

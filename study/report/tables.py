@@ -73,7 +73,7 @@ def cell_best(group: pd.DataFrame, metric: str, mode: str) -> dict[str, Any]:
     first = group.iloc[0]
     row: dict[str, Any] = {c: first.get(c) for c in CELL_COLUMNS}
     done, basis = _candidates(group, metric)
-    row.update(best_lr=math.nan, basis="none" if done.empty else basis, seeds=0, lrs_tried="")
+    row.update(best_lr=math.nan, basis="none" if done.empty else basis, seeds=0, lrs_tried="", images_seen=math.nan)
     row.update({f"{metric}_mean": math.nan, f"{metric}_ci_low": math.nan, f"{metric}_ci_high": math.nan})
     row.update({MS: math.nan, NFE: math.nan, "best_trial": None, "best_run_id": None})
     if not done.empty:
@@ -81,6 +81,8 @@ def cell_best(group: pd.DataFrame, metric: str, mode: str) -> dict[str, Any]:
         chosen = done[done["lr"] == best_lr]
         mean, low, high = interval95(chosen[metric])
         best = _best_trial(chosen, metric, mode)
+        images = chosen["images_seen"].dropna() if "images_seen" in chosen else pd.Series(dtype=float)
+        row["images_seen"] = int(images.max()) if len(images) else math.nan
         row.update(best_lr=best_lr, seeds=int(chosen["seed"].nunique()), best_trial=best["trial_key"],
                    best_run_id=best["run_id"], **{f"{metric}_mean": mean, f"{metric}_ci_low": low,
                                                   f"{metric}_ci_high": high})
