@@ -119,6 +119,9 @@ class Respaced(Strict):
     # S x the 1-step time per image). The count is in the metric's name (eval/fd_fmnist_500)
     # and the time per image is measured as for every S.
     n_samples: dict[StrictInt, StrictInt] = {}
+    # Sample only the models of these seeds at every S (default: every seed of the grid). The
+    # models of the other seeds still train and are scored at training time (train_eval).
+    seeds: tuple[StrictInt, ...] | None = Field(default=None, min_length=1)
 
     @model_validator(mode="after")
     def _steps(self) -> Respaced:
@@ -170,6 +173,11 @@ class Grid(Strict):
     def _methods(self) -> Grid:
         if self.ddgan is None and self.ddpm is None:
             raise ValueError("a grid needs a ddgan or a ddpm section")
+        respaced = self.ddpm.respaced if self.ddpm is not None else None
+        if respaced is not None and respaced.seeds is not None:
+            unknown = sorted(set(respaced.seeds) - set(self.seeds))
+            if unknown:
+                raise ValueError(f"ddpm.respaced.seeds {unknown} are not among the grid's seeds {list(self.seeds)}")
         for method in ("ddgan", "ddpm"):
             if getattr(self, method) is not None and method not in self.base:
                 raise ValueError(f"base: no base config for method {method!r}")
@@ -359,6 +367,8 @@ class _Expander:
                         self.sample_trials(source, respaced)
 
     def sample_trials(self, source: TrialSpec, respaced: Respaced) -> None:
+        if respaced.seeds is not None and source.seed not in respaced.seeds:
+            return
         for sampler in respaced.samplers:
             for S in respaced.steps:
                 own = (f"eval.respaced_steps={S}", f"eval.sampler={sampler}")

@@ -105,6 +105,18 @@ def test_respaced_sample_counts_must_name_planned_steps(tmp_path):
         load_grid(str(write_grid(tmp_path, ddgan=None, ddpm=ddpm)))
 
 
+def test_respaced_sampling_can_be_limited_to_some_seeds(tmp_path):
+    ddpm = {"T": [10], "lr": [2e-4], "respaced": {"T": 10, "steps": [5, 10], "samplers": ["ancestral"], "seeds": [1]}}
+    plan = expand(*load_grid(str(write_grid(tmp_path, ddgan=None, ddpm=ddpm, seeds=[0, 1, 2]))))
+    train = sorted(t.key for t in plan.trials if t.phase == "train")
+    assert train == [f"ddpm-T10-lr0.0002-s{s}" for s in (0, 1, 2)]  # every seed's model trains
+    assert sorted(t.key for t in plan.trials if t.phase == "sample") == [
+        "ddpm-ancestral-S10-of-ddpm-T10-lr0.0002-s1", "ddpm-ancestral-S5-of-ddpm-T10-lr0.0002-s1"]
+    bad = {**ddpm, "respaced": {**ddpm["respaced"], "seeds": [3]}}
+    with pytest.raises(UsageError, match=r"ddpm.respaced.seeds \[3\] are not among the grid's seeds"):
+        load_grid(str(write_grid(tmp_path, ddgan=None, ddpm=bad, seeds=[0, 1, 2])))
+
+
 def test_method_overrides_win_over_the_grid_eval_plan(tmp_path):
     ddpm = {"T": [10], "lr": [2e-4], "overrides": ["eval.every=25"]}
     plan = expand(*load_grid(str(write_grid(tmp_path, ddgan={**BASE["ddgan"], "overrides": ["eval.n_samples=32"]},
