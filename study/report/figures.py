@@ -113,25 +113,48 @@ def _ddpm_group(row: pd.Series) -> str:
     return "per-T" if row["phase"] == "train" and int(row["sampling_steps"]) == int(row["T"]) else row["sampler"]
 
 
+def same_kind_metrics(best: pd.DataFrame, metric: str) -> list[str]:
+    """The study's metric, then the same distance on other sample counts that some cells use
+    (eval/fd_fmnist_1k -> eval/fd_fmnist_250 for the cells sampled on fewer images)."""
+    base = metric.rpartition("_")[0] + "_"
+    others = sorted(c.removesuffix("_mean") for c in best.columns
+                    if c.startswith(base) and c.endswith("_mean") and c != f"{metric}_mean")
+    return [metric, *others]
+
+
 def plot_ddpm_vs_steps(best: pd.DataFrame, summary: pd.DataFrame, metric: str, mode: str, path: Path) -> Path | None:
-    """DDPM: metric against sampling steps; per-T models and the respaced T=1000 model (ancestral, DDIM)."""
-    rows = best[(best["method"] == "ddpm") & best[f"{metric}_mean"].notna() & ~duplicated_by_sampling_cell(best)]
-    rows = rows.copy()
-    if rows.empty:
-        return None
+    """DDPM: metric against sampling steps; per-T models and the respaced T=1000 model (ancestral, DDIM).
+    Cells scored on fewer samples (their own metric, e.g. S=1000 on 250 images) are drawn as their
+    own series, named by their metric: the same distance, but not the same sample count."""
+    ddpm = best[(best["method"] == "ddpm") & ~duplicated_by_sampling_cell(best)].copy()
     phases = summary.drop_duplicates("cell").set_index("cell")["phase"]
-    rows["phase"] = rows["cell"].map(phases)
-    rows["group"] = [_ddpm_group(r) for _, r in rows.iterrows()]
+    ddpm["phase"] = ddpm["cell"].map(phases)
     fig = Figure(figsize=SINGLE, layout="constrained")
     ax = fig.add_subplot()
-    for group, part in rows.groupby("group"):
-        color, marker = DDPM_STYLE.get(group, ("#7f7f7f", "D"))
-        part = part.sort_values("sampling_steps")
-        label = "one model per T (S = T)" if group == "per-T" else f"T={int(part['T'].iloc[0])} model, {group}, S steps"
-        _errorbar(ax, part["sampling_steps"].to_numpy(float), part, metric, color=color, marker=marker, label=label)
+    steps: set[float] = set()
+    for k, name in enumerate(same_kind_metrics(best, metric)):
+        rows = ddpm[ddpm[f"{name}_mean"].notna()].copy()
+        if name != metric:  # drawn only where the study's metric is missing
+            rows = rows[rows[f"{metric}_mean"].isna()]
+        if rows.empty:
+            continue
+        rows["group"] = [_ddpm_group(r) for _, r in rows.iterrows()]
+        for group, part in rows.groupby("group"):
+            color, marker = DDPM_STYLE.get(group, ("#7f7f7f", "D"))
+            part = part.sort_values("sampling_steps")
+            label = "one model per T (S = T)" if group == "per-T" else f"T={int(part['T'].iloc[0])} model, {group}, S steps"
+            if name != metric:
+                label += f" [{name.removeprefix('eval/')}]"
+                for s in ("mean", "ci_low", "ci_high"):  # best_by_cell keeps only the mean of other metrics
+                    part[f"{metric}_{s}"] = part.get(f"{name}_{s}", np.nan)
+            _errorbar(ax, part["sampling_steps"].to_numpy(float), part, metric, color=color,
+                      marker=marker if k == 0 else "X", label=label, linestyle="-" if k == 0 else ":")
+            steps |= set(part["sampling_steps"].astype(float))
+    if not steps:
+        return None
     _finish_axes(ax, metric, mode, "sampling steps (T or respaced S = NFE)", "DDPM: quality vs number of steps",
                  log_x=False)
-    _log_ticks(ax, sorted(rows["sampling_steps"].astype(float).unique()))
+    _log_ticks(ax, sorted(steps))
     return _save(fig, path)
 
 
