@@ -80,7 +80,7 @@ def final_fid(mlflow_uri: str, study: str | None, per: str, top_k: int, n: int, 
     if picked.empty:
         raise UsageError(f"study {runs.study!r} has no completed training trial with {runs.metric!r} yet")
     extractor = extractor or get_extractor(EXTRACTOR, "cpu", weights=fid_weights, batch_size=INCEPTION_BATCH)
-    name = metric_name("fid", extractor.name, n)
+    name = metric_name("fid" if extractor.name == "inception" else "fd", extractor.name, n)  # FID means Inception
     start = time.perf_counter()
     mu, sigma, meta = reference_stats(extractor, resolve_data_dir(data_dir), "train", reference_n, cache_dir)
     reference_s = time.perf_counter() - start

@@ -73,3 +73,18 @@ def test_unequal_images_are_named_and_one_seed_has_no_interval():
 
 def test_no_ddgan_no_claims():
     assert study_claims(pd.DataFrame(), M, "min") == []
+
+
+def test_smallest_t_best_is_checked_against_every_other_t_and_an_overlap_wins_over_a_missing_interval():
+    best = pd.DataFrame([_row("ddgan", "rkl", 1, 100, 5), _row("ddgan", "rkl", 2, 108, 5),
+                         _row("ddgan", "rkl", 4, 200, None)])
+    claim = {c.topic: c for c in study_claims(best, M, "min")}["effect of T (rkl)"]
+    assert claim.verdict == UNRESOLVED  # T=2 overlaps T=1; T=4 has no interval
+    assert "T=2 108" in claim.statement and "T=4 200" in claim.statement
+
+
+def test_images_not_recorded_are_not_called_unequal():
+    best = _best()
+    best["images_seen"] = math.nan
+    topics = {c.topic for c in study_claims(best, M, "min")}
+    assert "DDGAN vs DDPM (training images not recorded)" in topics

@@ -39,3 +39,25 @@ def test_same_kind_metrics_and_the_fewer_samples_point(tmp_path, monkeypatch):
     lines = [line for line in drawn[0].get_lines() if len(line.get_xdata()) and line.get_linestyle() in ("-", ":")]
     points = sorted((float(x), float(y)) for line in lines for x, y in zip(line.get_xdata(), line.get_ydata()))
     assert points == [(10.0, 90.0), (100.0, 60.0), (1000.0, 70.0)]
+
+
+def test_a_cell_scored_on_fewer_samples_gets_its_own_mean_interval_and_time():
+    """summary -> best_by_cell: the S=1000 cell logs only eval/fd_fmnist_250; it is ranked on it."""
+    from study.report.tables import MS, NFE, best_by_cell, cell_metric
+
+    rows = []
+    for seed, (a, b) in enumerate([(60.0, 70.0), (62.0, 74.0), (64.0, 72.0)]):
+        common = {"method": "ddpm", "loss": "mse", "T": 1000, "sampler": "ancestral", "preset": "small",
+                  "lr": 2e-4, "seed": seed, "status": "completed", "phase": "sample", "images_seen": 12_800,
+                  "trial_key": f"k{seed}", "run_id": f"r{seed}"}
+        rows.append({**common, "cell": "ddpm-ancestral-S100", "sampling_steps": 100, M: a, FEW: math.nan,
+                     MS: 200.0, NFE: 100.0, "trial_key": f"a{seed}"})
+        rows.append({**common, "cell": "ddpm-ancestral-S1000", "sampling_steps": 1000, M: math.nan, FEW: b,
+                     MS: 2000.0, NFE: 1000.0, "trial_key": f"b{seed}"})
+    summary = pd.DataFrame(rows)
+    assert cell_metric(summary[summary["cell"] == "ddpm-ancestral-S1000"], M) == FEW
+    best = best_by_cell(summary, M, "min").set_index("cell")
+    full = best.loc["ddpm-ancestral-S1000"]
+    assert math.isnan(full[f"{M}_mean"]) and full[f"{FEW}_mean"] == 72.0 and full[f"{FEW}_ci_low"] < 72.0
+    assert (full[MS], full[NFE], full["seeds"], full["images_seen"]) == (2000.0, 1000.0, 3, 12_800)
+    assert best.loc["ddpm-ancestral-S100", f"{M}_mean"] == 62.0

@@ -64,10 +64,10 @@ def _against(top: pd.Series, others: pd.DataFrame, metric: str, mode: str) -> tu
         return "", NO_INTERVAL
     if all(v == RESOLVED for v in verdicts):
         overall = RESOLVED
-    elif NO_INTERVAL in verdicts:
-        overall = NO_INTERVAL
-    else:
+    elif UNRESOLVED in verdicts:  # one overlap settles it, whatever lacks an interval
         overall = UNRESOLVED
+    else:
+        overall = NO_INTERVAL
     return "; ".join(parts), overall
 
 
@@ -101,10 +101,9 @@ def t_claims(best: pd.DataFrame, metric: str, mode: str) -> list[Claim]:
         smallest, largest = by_t.iloc[0], by_t.iloc[-1]
         top = _order(group, metric, mode).iloc[0]
         if top["T"] == smallest["T"]:
-            claims.append(Claim(f"effect of T ({loss})", f"T={smallest['T']} {_v(smallest, metric)} is best; "
-                                f"against T={largest['T']} {_v(largest, metric)}: "
-                                f"{verdict(smallest, largest, metric, mode)}",
-                                verdict(smallest, largest, metric, mode)))
+            text, overall = _against(top, by_t.iloc[1:], metric, mode)
+            claims.append(Claim(f"effect of T ({loss})", f"T={top['T']} {_v(top, metric)} (the smallest T) is "
+                                f"best; against {text}", overall))
             continue
         v = verdict(top, smallest, metric, mode)
         text = f"T={top['T']} {_v(top, metric)} is better than T={smallest['T']} {_v(smallest, metric)}: {v}"
@@ -123,13 +122,19 @@ def _images(row: pd.Series) -> str:
 def ddpm_claims(best: pd.DataFrame, metric: str, mode: str) -> list[Claim]:
     ddgan = _order(_scored(best[best["method"] == "ddgan"], metric), metric, mode)
     ddpm = _order(_scored(best[best["method"] == "ddpm"], metric), metric, mode)
+    with_interval = ddpm[ddpm[f"{metric}_ci_low"].notna()]
+    ddpm = with_interval if len(with_interval) else ddpm  # a one-seed cell cannot resolve anything
     if ddgan.empty or ddpm.empty:
         return []
     g, d = ddgan.iloc[0], ddpm.iloc[0]
     winner, loser = (g, d) if _better(g, d, metric, mode) else (d, g)
-    same = g.get("images_seen") == d.get("images_seen")
-    claims = [Claim("DDGAN vs DDPM at equal training images" if same else
-                    "DDGAN vs DDPM (UNEQUAL training images)",
+    images = (g.get("images_seen"), d.get("images_seen"))
+    if any(v is None or pd.isna(v) for v in images):
+        topic = "DDGAN vs DDPM (training images not recorded)"
+    else:
+        topic = "DDGAN vs DDPM at equal training images" if images[0] == images[1] else \
+            "DDGAN vs DDPM (UNEQUAL training images)"
+    claims = [Claim(topic,
                     f"best DDGAN {cell_label(g)} {_v(g, metric)} ({_images(g)}) against best DDPM {cell_label(d)} "
                     f"{_v(d, metric)} ({_images(d)}): {cell_label(winner)} is better",
                     verdict(winner, loser, metric, mode))]

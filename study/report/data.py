@@ -268,7 +268,7 @@ def protocol_rows(runs: StudyRuns) -> list[dict[str, Any]]:
             "reference_split": found.get("reference_split", params.get("eval.reference_split")),
             "reference_n": found.get("reference_n", params.get("eval.reference_n")),
             "reference_data_sha256": found.get("reference_data_sha256"),
-            "eval_seed": tags.get("", {}).get("eval.seed", params.get("eval.seed")),
+            "eval_seed": found.get("sample_seed", tags.get("", {}).get("eval.seed", params.get("eval.seed"))),
             "recorded": bool(found),
         })
     return rows

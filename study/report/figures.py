@@ -15,6 +15,7 @@ nothing to draw is skipped and the caller says so in REPORT.md.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -116,9 +117,11 @@ def _ddpm_group(row: pd.Series) -> str:
 def same_kind_metrics(best: pd.DataFrame, metric: str) -> list[str]:
     """The study's metric, then the same distance on other sample counts that some cells use
     (eval/fd_fmnist_1k -> eval/fd_fmnist_250 for the cells sampled on fewer images)."""
-    base = metric.rpartition("_")[0] + "_"
+    base, _, count = metric.rpartition("_")
+    if not base or not re.fullmatch(r"\d+k?", count):
+        return [metric]
     others = sorted(c.removesuffix("_mean") for c in best.columns
-                    if c.startswith(base) and c.endswith("_mean") and c != f"{metric}_mean")
+                    if re.fullmatch(re.escape(base) + r"_\d+k?_mean", c) and c != f"{metric}_mean")
     return [metric, *others]
 
 

@@ -15,6 +15,7 @@ hand-made frames. Conventions:
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 import numpy as np
@@ -68,10 +69,24 @@ def _best_trial(rows: pd.DataFrame, metric: str, mode: str) -> pd.Series:
     return ordered.iloc[0]
 
 
+def cell_metric(group: pd.DataFrame, metric: str) -> str:
+    """The study's metric, or, for a cell scored on fewer samples (e.g. S=1000 on 250 images),
+    its own: the same distance at another count (eval/fd_fmnist_1k -> eval/fd_fmnist_250)."""
+    if metric in group and group[metric].notna().any():
+        return metric
+    base, _, count = metric.rpartition("_")
+    if base and re.fullmatch(r"\d+k?", count):
+        for column in group.columns:
+            if re.fullmatch(re.escape(base) + r"_\d+k?", column) and group[column].notna().any():
+                return column
+    return metric
+
+
 def cell_best(group: pd.DataFrame, metric: str, mode: str) -> dict[str, Any]:
-    """One best_by_cell row for the trials of one cell."""
+    """One best_by_cell row for the trials of one cell (scored on its own metric if it has one)."""
     first = group.iloc[0]
     row: dict[str, Any] = {c: first.get(c) for c in CELL_COLUMNS}
+    metric = cell_metric(group, metric)
     done, basis = _candidates(group, metric)
     row.update(best_lr=math.nan, basis="none" if done.empty else basis, seeds=0, lrs_tried="", images_seen=math.nan)
     row.update({f"{metric}_mean": math.nan, f"{metric}_ci_low": math.nan, f"{metric}_ci_high": math.nan})
