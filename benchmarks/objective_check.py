@@ -14,6 +14,14 @@ and a 95% t-interval over seeds.
 
 Runs are interleaved seed by seed, so a noisy machine slows every arm alike; `--jobs 2` runs
 two at a time (one torch thread each).
+
+`--from-study NAME` adds (or, with no --arms, only reports) the matching cells of a finished
+study: its completed DDGAN trials at this T, read from MLflow (the same numbers per seed: the
+D and G losses of the first and last logged step, the final `eval/fd_fmnist_<n>`, the median
+step time), so a study whose cells train exactly this configuration serves as the default-form
+arms without training them twice:
+
+    python -m benchmarks.objective_check --from-study cpu --results-dir results/runs --T 4
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+import pandas as pd
 import torch
 from scipy import stats
 
@@ -88,6 +97,33 @@ def run_one(arm: str, seed: int, args: dict) -> dict:
     return row
 
 
+def study_rows(results_dir: str, study: str, T: int) -> list[dict]:
+    """Rows in `run_one`'s format from a study's completed DDGAN trials at T (MLflow histories)."""
+    from study.report.data import load_study
+    from study.stores import mlflow_uri_for
+
+    runs = load_study(mlflow_uri_for(results_dir, None), study)
+    store = runs.store
+    metric = runs.metric
+    params = {r["run_id"]: p for r, p in zip(runs.raw.to_dict("records"), runs.run_values("params."), strict=True)}
+    rows = []
+    done = runs.summary[(runs.summary["method"] == "ddgan") & (runs.summary["T"] == T)
+                        & (runs.summary["status"] == "completed")]
+    for _, trial in done.sort_values(["seed", "loss"]).iterrows():
+        p = params[trial["run_id"]]
+        form, draw = p.get("objective.generator_form"), p.get("objective.generator_draw")
+        row = {"arm": f"{trial['loss']}:{form}" + ("" if draw == "fresh" else f"/{draw}"), "seed": int(trial["seed"]),
+               "form": form, "draw": draw, "status": "ok", "metric": metric, "fd": float(trial.get(metric, math.nan))}
+        for key in ("d_loss", "g_loss"):
+            history = sorted(store.get_metric_history(trial["run_id"], f"train/{key}"), key=lambda m: m.step)
+            row[f"{key}_first"], row[f"{key}_last"] = history[0].value, history[-1].value
+        rates = [m.value for m in store.get_metric_history(trial["run_id"], "train/img_per_s")]
+        row["step_s"] = int(float(p["train.batch_size"])) / statistics.median(rates)
+        row["wall_s"] = float(trial["wall_min"]) * 60 if pd.notna(trial.get("wall_min")) else math.nan
+        rows.append(row)
+    return rows
+
+
 def interval(values: list[float]) -> tuple[float, float]:
     """Mean and half-width of the 95% t-interval (nan with fewer than 2 finite values)."""
     finite = [v for v in values if math.isfinite(v)]
@@ -115,7 +151,9 @@ def summarise(rows: list[dict], arms: list[str]) -> list[dict]:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.objective_check", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--arms", nargs="+", default=["ns", "tv:log", "tv:nonsaturating"])
+    p.add_argument("--arms", nargs="*", default=None, help="default: ns tv:log tv:nonsaturating (none with --from-study)")
+    p.add_argument("--from-study", default=None, help="also report this finished study's cells at --T (MLflow)")
+    p.add_argument("--results-dir", default="results/runs", help="the study's state directory (--from-study)")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--preset", default="small")
     p.add_argument("--T", type=int, default=4)
@@ -131,13 +169,20 @@ def main(argv=None) -> int:
     args = {"preset": a.preset, "T": a.T, "lr": a.lr, "steps": a.steps, "batch": a.batch,
             "n_samples": a.n_samples, "log_every": a.log_every, "threads": 1 if a.jobs > 1 else torch.get_num_threads(),
             "data_dir": str(resolve_data_dir(a.data_dir))}
-    jobs = [(arm, seed) for seed in a.seeds for arm in a.arms]
-    with ProcessPoolExecutor(max_workers=a.jobs) as pool:
-        rows = list(pool.map(run_one, [j[0] for j in jobs], [j[1] for j in jobs], [args] * len(jobs)))
+    arms = a.arms if a.arms is not None else ([] if a.from_study else ["ns", "tv:log", "tv:nonsaturating"])
+    jobs = [(arm, seed) for seed in a.seeds for arm in arms]
+    rows = []
+    if jobs:
+        with ProcessPoolExecutor(max_workers=a.jobs) as pool:
+            rows = list(pool.map(run_one, [j[0] for j in jobs], [j[1] for j in jobs], [args] * len(jobs)))
+    if a.from_study:
+        found = study_rows(a.results_dir, a.from_study, a.T)
+        rows += found
+        arms = list(dict.fromkeys(r["arm"] for r in found)) + arms
     metric = next((r["metric"] for r in rows if "metric" in r), "eval/fd_fmnist")
     per_seed = markdown_table(rows, ["arm", "seed", "status", "d_loss_first", "d_loss_last", "g_loss_first",
                                      "g_loss_last", "fd", "step_s", "wall_s"])
-    summary = markdown_table(summarise(rows, a.arms), ["arm", "form", "draw", "seeds", "diverged", "losses moved",
+    summary = markdown_table(summarise(rows, arms), ["arm", "form", "draw", "seeds", "diverged", "losses moved",
                                                        "fd mean", "95% CI +-", "fd per seed", "step s (median)"])
     text = "\n".join([
         header("Objective check", "cpu"),

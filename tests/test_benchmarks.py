@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from study_fixtures import real_study  # noqa: F401 (session fixture)
 
 from tools.gpu_bundle import TIMING_NAME
 
@@ -212,3 +213,20 @@ def test_objective_check_table(tmp_path, fmnist_dir):
                                      "g_loss_last", "fd", "step_s", "wall_s"], ["fd", "d_loss_first"])
     assert len(per_seed) == 4 and {r["status"] for r in per_seed} == {"ok"}
     assert "eval/fd_fmnist_32" in text and "not Inception FID" in text
+
+
+def test_objective_check_reads_a_finished_studys_cells(real_study):  # noqa: F811
+    """--from-study: a study's completed DDGAN trials at T as objective-check rows (MLflow values)."""
+    from mlflow.tracking import MlflowClient
+
+    from benchmarks.objective_check import study_rows
+
+    rows = study_rows(str(real_study.results), real_study.study, T=2)
+    assert [(r["arm"], r["seed"], r["form"], r["draw"]) for r in rows] == [("ns:nonsaturating", 0, "nonsaturating", "fresh")]
+    client = MlflowClient(real_study.uri)
+    run_id = client.search_runs([client.get_experiment_by_name(real_study.study).experiment_id],
+                                "tags.trial_key = 'ddgan-ns-T2-lr0.002-s0'")[0].info.run_id
+    d_loss = sorted(client.get_metric_history(run_id, "train/d_loss"), key=lambda m: m.step)
+    assert (rows[0]["d_loss_first"], rows[0]["d_loss_last"]) == (d_loss[0].value, d_loss[-1].value)
+    assert rows[0]["fd"] == client.get_run(run_id).data.metrics["eval/fd_test-extractor_64"]
+    assert rows[0]["step_s"] > 0
