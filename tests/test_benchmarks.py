@@ -209,8 +209,8 @@ def test_objective_check_table(tmp_path, fmnist_dir):
                                     "95% CI +-", "fd per seed", "step s (median)"], ["fd mean", "95% CI +-"])
     assert [(r["arm"], r["form"], r["draw"], r["seeds"]) for r in summary] == [
         ("tv", "log", "fresh", "2"), ("tv:nonsaturating/shared", "nonsaturating", "shared", "2")]
-    per_seed = check_table(text, 1, ["arm", "seed", "status", "d_loss_first", "d_loss_last", "g_loss_first",
-                                     "g_loss_last", "fd", "step_s", "wall_s"], ["fd", "d_loss_first"])
+    per_seed = check_table(text, 1, ["arm", "seed", "status", "d_loss_first", "d_loss_last", "d_loss_range", "g_loss_first",
+                                     "g_loss_last", "g_loss_range", "fd", "step_s", "wall_s"], ["fd", "d_loss_first"])
     assert len(per_seed) == 4 and {r["status"] for r in per_seed} == {"ok"}
     assert "eval/fd_fmnist_32" in text and "not Inception FID" in text
 
