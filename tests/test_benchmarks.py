@@ -230,3 +230,17 @@ def test_objective_check_reads_a_finished_studys_cells(real_study):  # noqa: F81
     assert (rows[0]["d_loss_first"], rows[0]["d_loss_last"]) == (d_loss[0].value, d_loss[-1].value)
     assert rows[0]["fd"] == client.get_run(run_id).data.metrics["eval/fd_test-extractor_64"]
     assert rows[0]["step_s"] > 0
+
+
+@pytest.mark.parametrize("flag", [[], ["--pytorch-init"]])
+def test_d_warmup_table(fmnist_dir, flag):
+    """benchmarks/d_warmup.py at a tiny size: one row per reported step; at step 1 the official D
+    is ~constant (its last convolution starts at ~0), PyTorch's default-initialised D is not."""
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.d_warmup", "--steps", "4", "--every", "2",
+                           "--preset", "tiny", "--data-dir", str(fmnist_dir), *flag], cwd=REPO,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    rows = [line.split("|")[1:-1] for line in proc.stdout.splitlines() if line.startswith("| ") and "---" not in line]
+    assert [r[0].strip() for r in rows[1:]] == ["1", "2", "4"]
+    sd_real = float(rows[1][3].split("+-")[1])
+    assert (sd_real < 1e-3) == (not flag)
