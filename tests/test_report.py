@@ -80,6 +80,8 @@ def test_figures_are_pngs_of_the_expected_size(real_report):
     _assert_png(out / "fig1_ddpm_metric_vs_steps.png", single)
     _assert_png(out / "fig3_ddgan_ns_metric_vs_T.png", single)
     _assert_png(out / "fig5_objectives_metric_vs_T.png", single)
+    _assert_png(out / "fig3_8_per_objective_metric_vs_T.png",  # one objective: one panel
+                figures.size_px(figures.grid_figsize(1, 4, figures.PANEL, extra_height=0.5)))
     _assert_png(out / "pareto_metric_vs_ms.png", (900, 600))
     train_cells = 3  # ddgan-ns-T1, ddgan-ns-T2, ddpm-T2 (the sampling cell has no curve)
     _assert_png(out / "learning_curves.png",

@@ -1,4 +1,4 @@
-"""Fig. 1 (DDPM quality vs steps) keeps the cells scored on fewer samples, as their own named series."""
+"""Report figures of issue 19: Fig. 1 keeps the cells scored on fewer samples; Figs. 3-8 per objective with bands."""
 
 from __future__ import annotations
 
@@ -61,3 +61,28 @@ def test_a_cell_scored_on_fewer_samples_gets_its_own_mean_interval_and_time():
     assert math.isnan(full[f"{M}_mean"]) and full[f"{FEW}_mean"] == 72.0 and full[f"{FEW}_ci_low"] < 72.0
     assert (full[MS], full[NFE], full["seeds"], full["images_seen"]) == (2000.0, 1000.0, 3, 12_800)
     assert best.loc["ddpm-ancestral-S100", f"{M}_mean"] == 62.0
+
+
+def test_per_objective_panels_have_interval_bands(tmp_path, monkeypatch):
+    rows = []
+    for loss in ("ns", "tv"):
+        for T, mean in ((1, 200.0), (2, 150.0), (4, 120.0)):
+            rows.append({"cell": f"ddgan-{loss}-T{T}", "method": "ddgan", "loss": loss, "T": T,
+                         f"{M}_mean": mean, f"{M}_ci_low": mean - 10, f"{M}_ci_high": mean + 10})
+    best = pd.DataFrame(rows)
+    made = []
+    real = Figure.subplots
+
+    def spy(self, *args, **kwargs):
+        axes = real(self, *args, **kwargs)
+        made.append(axes)
+        return axes
+
+    monkeypatch.setattr(Figure, "subplots", spy)
+    path = figures.plot_objective_panels(best, M, "min", ["ns", "hellinger", "tv"], tmp_path / "f.png")
+    assert path is not None and path.read_bytes()[:4] == b"\x89PNG"
+    axes = made[0][0]
+    assert [ax.get_title() for ax in axes] == ["ns", "tv"]  # hellinger has no cell: no panel
+    band = axes[0].collections[0].get_paths()[0].vertices
+    assert band[:, 1].min() == 110.0 and band[:, 1].max() == 210.0  # mean +- 10 at T=4 and T=1
+    assert figures.plot_objective_panels(best, M, "min", ["rkl"], tmp_path / "g.png") is None

@@ -107,6 +107,8 @@ def make_figures(runs: StudyRuns, best: pd.DataFrame, speed: pd.DataFrame, out: 
         "fig5_objectives_metric_vs_T": fig.plot_metric_vs_T(best, runs.metric, runs.mode, losses,
                                                             out / "fig5_objectives_metric_vs_T.png",
                                                             "DDGAN: every objective, quality vs T"),
+        "fig3_8_per_objective_metric_vs_T": fig.plot_objective_panels(
+            best, runs.metric, runs.mode, losses, out / "fig3_8_per_objective_metric_vs_T.png"),
         "pareto_metric_vs_ms": fig.plot_pareto(speed, runs.metric, runs.mode, out / "pareto_metric_vs_ms.png"),
         "learning_curves": fig.plot_learning_curves(runs.summary, runs.histories, runs.metric,
                                                     out / "learning_curves.png"),

@@ -110,6 +110,34 @@ def plot_metric_vs_T(best: pd.DataFrame, metric: str, mode: str, losses: Sequenc
     return _save(fig, path)
 
 
+def plot_objective_panels(best: pd.DataFrame, metric: str, mode: str, losses: Sequence[str],
+                          path: Path) -> Path | None:
+    """One panel per objective: the cell means against T with the 95% interval over seeds as a band."""
+    rows = best[(best["method"] == "ddgan") & best["loss"].isin(losses) & best[f"{metric}_mean"].notna()]
+    present = [loss for loss in losses if (rows["loss"] == loss).any()]
+    if not present:
+        return None
+    fig = Figure(figsize=grid_figsize(len(present), 4, PANEL, extra_height=0.5), layout="constrained")
+    axes = fig.subplots(1, len(present), squeeze=False, sharey=True)[0]
+    for i, (ax, loss) in enumerate(zip(axes, present, strict=True)):
+        line = rows[rows["loss"] == loss].sort_values("T")
+        x = line["T"].to_numpy(float)
+        color = _loss_color(loss, i)
+        ax.plot(x, line[f"{metric}_mean"].to_numpy(float), marker="o", color=color)
+        low, high = line[f"{metric}_ci_low"].to_numpy(float), line[f"{metric}_ci_high"].to_numpy(float)
+        if np.isfinite(low).any():
+            ax.fill_between(x, low, high, color=color, alpha=0.2, linewidth=0)
+        ax.set_xscale("log", base=2)
+        ax.xaxis.set_major_formatter(lambda value, _: f"{value:g}")
+        ax.set_xticks(sorted(line["T"].astype(float).unique()))
+        ax.set_title(loss, fontsize=10)
+        ax.set_xlabel("T")
+        ax.grid(True, alpha=0.3)
+    axes[0].set_ylabel(f"{metric} ({'lower' if mode == 'min' else 'higher'} is better)", fontsize=8)
+    fig.suptitle("DDGAN per objective: quality vs T, band = 95% interval over seeds", fontsize=10)
+    return _save(fig, path)
+
+
 def _ddpm_group(row: pd.Series) -> str:
     return "per-T" if row["phase"] == "train" and int(row["sampling_steps"]) == int(row["T"]) else row["sampler"]
 

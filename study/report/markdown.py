@@ -16,6 +16,8 @@ FIGURE_CAPTIONS = {
     "fig1_ddpm_metric_vs_steps": "DDPM: quality against the number of sampling steps (as in the paper's Fig. 1).",
     "fig3_ddgan_ns_metric_vs_T": "DDGAN with the non-saturating loss: quality against T (as in the paper's Fig. 3).",
     "fig5_objectives_metric_vs_T": "All GAN objectives on one axis (as in the paper's Fig. 5).",
+    "fig3_8_per_objective_metric_vs_T": "One panel per objective, the band its 95% interval over seeds "
+                                        "(as in the paper's Figs. 3-8).",
     "pareto_metric_vs_ms": "Quality against sampling time per image, every cell; dashed: the Pareto front.",
     "learning_curves": "The metric at every evaluation; colour = learning rate, end marker = how the trial ended.",
 }
