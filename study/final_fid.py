@@ -69,14 +69,17 @@ def score_model(directory: Path, extractor: FeatureExtractor, reference: tuple, 
 
 def final_fid(mlflow_uri: str, study: str | None, per: str, top_k: int, n: int, reference_n: int | None,
               data_dir: str | None, out: str | Path, *, sample_seed: int = 1, fid_weights: str | None = None,
-              cache_dir: str | Path | None = None, extractor: FeatureExtractor | None = None) -> dict[str, Any]:
-    """Score the winners; log each FID to its MLflow run; returns (and writes) the record."""
+              cache_dir: str | Path | None = None, extractor: FeatureExtractor | None = None,
+              methods: Sequence[str] | None = None) -> dict[str, Any]:
+    """Score the winners (of `methods` only, if given); log each FID to its MLflow run; returns (and
+    writes) the record. A second call with the same protocol adds its models to the same record."""
     if n < 2:
         raise UsageError(f"--n must be >= 2 (a covariance needs two samples), got {n}")
     from ddgan.data import resolve_data_dir
 
     runs = load_study(mlflow_uri, study)
-    picked = select_trials(runs.summary, runs.metric, runs.mode, per, top_k)
+    summary = runs.summary if not methods else runs.summary[runs.summary["method"].isin(methods)]
+    picked = select_trials(summary, runs.metric, runs.mode, per, top_k)
     if picked.empty:
         raise UsageError(f"study {runs.study!r} has no completed training trial with {runs.metric!r} yet")
     extractor = extractor or get_extractor(EXTRACTOR, "cpu", weights=fid_weights, batch_size=INCEPTION_BATCH)
@@ -108,7 +111,13 @@ def final_fid(mlflow_uri: str, study: str | None, per: str, top_k: int, n: int, 
               "reference_from_cache": bool(meta.get("from_cache")), "reference_s": round(reference_s, 1),
               "models": models}
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "final_fid.json").write_text(json.dumps(record, indent=2))
+    path = out_dir / "final_fid.json"
+    if path.exists():  # an earlier call (e.g. --methods ddgan, then ddpm) with the same protocol
+        earlier = json.loads(path.read_text())
+        if earlier.get("metric") == name and earlier.get("protocol") == protocol:
+            mine = {m["trial_key"] for m in models}
+            record["models"] = [m for m in earlier["models"] if m["trial_key"] not in mine] + models
+    path.write_text(json.dumps(record, indent=2))
     return record
 
 
@@ -121,6 +130,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--n", type=int, default=10_000, help="samples per model (default: 10000)")
     p.add_argument("--reference-n", type=int, default=None,
                    help="first N training images for the reference statistics (default: all 60,000)")
+    p.add_argument("--methods", nargs="+", choices=("ddgan", "ddpm"), default=None,
+                   help="score the winners of these methods only (default: both)")
     p.add_argument("--sample-seed", type=int, default=1, help="noise seed of the FID samples (default: 1)")
     p.add_argument("--fid-weights", default=None, help="Inception weights file (offline)")
     p.add_argument("--data-dir", default=None, help="Fashion-MNIST directory (default: $DDGAN_DATA_DIR)")
@@ -142,7 +153,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     uri = mlflow_uri_for(args.results_dir, args.mlflow_uri)
     record = final_fid(uri, args.study, args.per, args.top_k, args.n, args.reference_n, args.data_dir, args.out,
                        sample_seed=args.sample_seed, fid_weights=args.fid_weights,
-                       cache_dir=Path(args.results_dir) / ".cache")
+                       cache_dir=Path(args.results_dir) / ".cache", methods=args.methods)
     print(f"{record['metric']} for {len(record['models'])} models -> {Path(args.out) / record['study'] / 'final_fid.json'}")
     return 0
 

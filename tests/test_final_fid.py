@@ -32,8 +32,12 @@ def scored(tmp_path_factory, fmnist_dir):
     uri = build_fake_study(results, "fake")
     out = results.parent / "exports"
     extractor = get_extractor("test-extractor", "cpu")
+    first = final_fid(uri, "fake", "loss", 1, N, REFERENCE_N, str(fmnist_dir), out, sample_seed=3,
+                      cache_dir=results / ".cache", extractor=extractor, methods=["ddgan"])
+    assert {m["trial_key"] for m in first["models"]} == {"ddgan-ns-T2-lr0.001-s0", "ddgan-hellinger-T1-lr0.001-s0"}
     record = final_fid(uri, "fake", "loss", 1, N, REFERENCE_N, str(fmnist_dir), out, sample_seed=3,
-                       cache_dir=results / ".cache", extractor=extractor)
+                       cache_dir=results / ".cache", extractor=extractor, methods=["ddpm"])
+    assert [m["trial_key"] for m in record["models"]][-1] == "ddpm-T8-lr0.001-s0"  # merged with the first call
     return uri, out, extractor, record
 
 
