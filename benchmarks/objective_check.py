@@ -126,6 +126,8 @@ def study_rows(results_dir: str, study: str, T: int) -> list[dict]:
         rates = [m.value for m in store.get_metric_history(trial["run_id"], "train/img_per_s")]
         row["step_s"] = int(float(p["train.batch_size"])) / statistics.median(rates)
         row["wall_s"] = float(trial["wall_min"]) * 60 if pd.notna(trial.get("wall_min")) else math.nan
+        row["cell"] = (p.get("model.preset"), float(p["train.lr_g"]), int(float(p["train.steps"])),
+                       int(float(p["train.batch_size"])))
         rows.append(row)
     return rows
 
@@ -153,6 +155,11 @@ def summarise(rows: list[dict], arms: list[str]) -> list[dict]:
     return out
 
 
+def jobs_needed(a: argparse.Namespace) -> bool:
+    """Whether any arm trains here (the data directory is needed then only)."""
+    return bool(a.arms) or (a.arms is None and not a.from_study)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.objective_check", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -173,7 +180,7 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     args = {"preset": a.preset, "T": a.T, "lr": a.lr, "steps": a.steps, "batch": a.batch,
             "n_samples": a.n_samples, "log_every": a.log_every, "threads": 1 if a.jobs > 1 else torch.get_num_threads(),
-            "data_dir": str(resolve_data_dir(a.data_dir))}
+            "data_dir": str(resolve_data_dir(a.data_dir)) if jobs_needed(a) else None}
     arms = a.arms if a.arms is not None else ([] if a.from_study else ["ns", "tv:log", "tv:nonsaturating"])
     jobs = [(arm, seed) for seed in a.seeds for arm in arms]
     rows = []
@@ -189,10 +196,14 @@ def main(argv=None) -> int:
                                      "g_loss_first", "g_loss_last", "g_loss_range", "fd", "step_s", "wall_s"])
     summary = markdown_table(summarise(rows, arms), ["arm", "form", "draw", "seeds", "diverged", "losses moved",
                                                        "fd mean", "95% CI +-", "fd per seed", "step s (median)"])
+    cells = {r["cell"] for r in rows if "cell" in r}
+    if not jobs and len(cells) == 1:  # only a study's rows: describe its cell
+        a.preset, a.lr, a.steps, a.batch = next(iter(cells))
+    source = f" (the study {a.from_study!r}'s cells)" if a.from_study and not jobs else ""
     text = "\n".join([
         header("Objective check", "cpu"),
         f"{a.preset} preset, T={a.T}, lr_g={a.lr:g}, {a.steps} steps at batch {a.batch} "
-        f"({a.steps * a.batch:,} images), `fd` = `{metric}` at the last step (CPU scale, not Inception FID).",
+        f"({a.steps * a.batch:,} images){source}, `fd` = `{metric}` at the last step (CPU scale, not Inception FID).",
         "", summary, "", "Per seed:", "", per_seed])
     print(text)
     write_table(a.out, "objective_check.md", text)
