@@ -69,7 +69,7 @@ def _log_trial(tracker: Tracker, run_id: str, cfg, status: str, final, ms, work:
     nfe = float(cfg.eval.respaced_steps or cfg.diffusion.T)
     if final is not None:
         for step, value in _curve(final, status):
-            run.log_metrics(step, {"train/g_loss": 1.0 / step})
+            run.log_metrics(step, {"train/g_loss": 1.0 / step, "train/img_per_s": 100.0 + step})
             run.log_metrics(step, {METRIC: value, "eval/nfe": nfe, "eval/sample_ms_per_image": ms})
             torch.manual_seed(step)
             grid = save_grid(torch.rand(16, 1, 28, 28) * 2 - 1, work / f"samples_step{step:07d}.png", 4)

@@ -180,7 +180,10 @@ def test_summary_states_images_seen_and_wall_clock_per_trial(fake_report):
     assert summary.loc["ddgan-ns-T2-lr0.01-s0", "images_seen"] == 10 * 64  # pruned at step 10
     assert summary.loc["ddpm-ancestral-S2-of-ddpm-T8-lr0.001-s0", "images_seen"] == 20 * 64  # its source's
     finished = summary[summary["status"].isin(["completed", "pruned", "failed"])]
-    assert (finished["wall_min"] >= 0).all() and finished["wall_min"].notna().all()
+    assert (finished["wall_min"] >= 0).all() and finished["wall_min"].notna().all()  # from the started_ms tag
+    trained = summary[(summary["phase"] == "train") & summary["train/img_per_s"].notna()]
+    assert len(trained) and ((trained["train_min"] - trained["images_seen"] / trained["train/img_per_s"] / 60).abs()
+                             < 1e-9).all()
     assert "Unequal budgets" not in (fake_report.out / "REPORT.md").read_text()
 
 

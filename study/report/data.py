@@ -26,7 +26,8 @@ from study.stores.uris import mask_uri
 UNFINISHED = ("pending", "running")
 # Columns of summary.csv, in order; eval/* and train/* metric columns follow `metric`.
 ID_COLUMNS = ["trial_key", "cell", "phase", "method", "loss", "T", "sampler", "sampling_steps", "lr", "seed",
-              "preset", "status", "steps", "total_steps", "batch_size", "images_seen", "wall_min"]
+              "preset", "status", "steps", "total_steps", "batch_size", "images_seen", "wall_min",
+              "train_min"]
 TAIL_COLUMNS = ["failure_reason", "run_id", "run_status"]
 INT_COLUMNS = ["T", "sampling_steps", "seed", "steps", "total_steps", "batch_size", "images_seen"]
 PROTOCOL_TAG = re.compile(r"^(eval/[^.]+)\.(\w+)$")  # Evaluator.protocol_tags(): "eval/fd_fmnist_2k.weights_sha256"
@@ -131,11 +132,13 @@ def _identity(row: pd.Series) -> dict[str, Any]:
 
 
 def _wall_minutes(row: pd.Series) -> float | None:
-    """The run's wall-clock (MLflow start to end; all attempts of a retried trial)."""
-    start, end = row.get("start_time"), row.get("end_time")
-    if start is None or end is None or pd.isna(start) or pd.isna(end):
+    """The trial's wall-clock: from the start of its first attempt (tag `started_ms`) to the run's
+    end. None where the start was not recorded: MLflow's own start_time is when the driver created
+    the run, before the trial waited in Ray's queue, so it would count the wait."""
+    start, end = _number(_first(row, "tags.started_ms")), row.get("end_time")
+    if start is None or end is None or pd.isna(end):
         return None
-    return (float(end) - float(start)) / 60_000  # MLflow times are ms since the epoch
+    return (float(end) - float(start)) / 60_000  # ms since the epoch
 
 
 STEP_TAG = {"completed": "tags.final_step", "pruned": "tags.pruned_at_step", "failed": "tags.failed_step"}
@@ -168,6 +171,10 @@ def _summary(trials: pd.DataFrame, histories: dict[str, pd.DataFrame], metric: s
         trained = record["total_steps"] if record["phase"] == "sample" else record["steps"]
         if trained is not None and record["batch_size"] is not None:
             record["images_seen"] = int(trained) * int(record["batch_size"])
+        rate = row.get("metrics.train/img_per_s")
+        if record["phase"] == "train" and trained is not None and rate is not None and rate > 0:
+            # training time at the last logged throughput (no evaluation, no start-up)
+            record["train_min"] = record["images_seen"] / float(rate) / 60
         for column in eval_cols + other_cols:
             record[column.removeprefix("metrics.")] = row[column]
         rows.append(record)
