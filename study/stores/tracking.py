@@ -122,8 +122,12 @@ class TrialRun:
             history = self.client.get_metric_history(self.run_id, key)
             self.logged[key] = {m.step for m in history}
         attempt = int(previous.get("attempts", "0")) + 1
+        # When the trial first started: MLflow's start_time is the run's creation by the driver,
+        # before the trial waited in Ray's queue (the report's wall_min counts from this tag).
+        started = previous.get("started_ms") or str(int(time.time() * 1000))
         self.client.update_run(self.run_id, status="RUNNING")
-        self.client.log_batch(self.run_id, tags=_tags({"status": "running", "attempts": attempt, **tags}))
+        self.client.log_batch(self.run_id, tags=_tags({"status": "running", "attempts": attempt,
+                                                       "started_ms": started, **tags}))
         return previous
 
     def log_metrics(self, step: int, metrics: dict[str, float]) -> int:
