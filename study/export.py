@@ -37,7 +37,7 @@ from study.report.data import StudyRuns, load_study, protocol_rows
 from study.stores import mlflow_uri_for
 from study.stores.mlflow_client import quiet_downloads
 from study.stores.registry import register_export, registry_name, set_champions
-from study.stores.uris import DEFAULT_STATE_DIR
+from study.stores.uris import add_store_args
 
 SELECTIONS = ("cell", "loss", "overall")
 
@@ -169,9 +169,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--top-k", type=int, required=True, help="how many trials per group")
     p.add_argument("--per", required=True, choices=SELECTIONS, help="group: each cell, each loss, or overall")
     p.add_argument("--out", default="exports", help="output directory (default: exports)")
-    p.add_argument("--state-dir", "--results-dir", dest="results_dir", default=DEFAULT_STATE_DIR,
-                   help=f"where study.run kept the run's state (default: {DEFAULT_STATE_DIR})")
-    p.add_argument("--mlflow-uri", default=None, help="MLflow tracking URI (default: sqlite:///<state-dir>/mlflow.db)")
+    add_store_args(p)
     p.add_argument("--no-register", action="store_true", help="write the export directories only")
     return p.parse_args(argv)
 

@@ -41,7 +41,7 @@ from study.export import SELECTIONS, export_metrics, export_trial, select_trials
 from study.report.data import load_study, protocol_rows
 from study.stores import mlflow_uri_for
 from study.stores.mlflow_client import MlflowStore
-from study.stores.uris import DEFAULT_STATE_DIR
+from study.stores.uris import add_store_args
 
 EXTRACTOR = "inception"
 
@@ -136,9 +136,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--fid-weights", default=None, help="Inception weights file (offline)")
     p.add_argument("--data-dir", default=None, help="Fashion-MNIST directory (default: $DDGAN_DATA_DIR)")
     p.add_argument("--out", default="exports", help="where the winners are exported (default: exports)")
-    p.add_argument("--state-dir", "--results-dir", dest="results_dir", default=DEFAULT_STATE_DIR,
-                   help=f"where study.run kept the run's state (default: {DEFAULT_STATE_DIR})")
-    p.add_argument("--mlflow-uri", default=None, help="MLflow tracking URI (default: sqlite:///<state-dir>/mlflow.db)")
+    add_store_args(p)
     return p.parse_args(argv)
 
 

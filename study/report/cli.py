@@ -19,7 +19,7 @@ from ddgan.cli import ArgumentParser
 from study.report.build import build_report
 from study.stores import mlflow_uri_for
 from study.stores.connect import probe_mlflow
-from study.stores.uris import DEFAULT_STATE_DIR, REPORTS_DIR
+from study.stores.uris import REPORTS_DIR, add_store_args
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -27,9 +27,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--study", default=None, help="study name (default: the only study in the store)")
     p.add_argument("--out", default=None, help=f"output directory (default: {REPORTS_DIR}/<study>)")
-    p.add_argument("--state-dir", "--results-dir", dest="results_dir", default=DEFAULT_STATE_DIR,
-                   help=f"where study.run kept the run's state (default: {DEFAULT_STATE_DIR})")
-    p.add_argument("--mlflow-uri", default=None, help="MLflow tracking URI (default: sqlite:///<state-dir>/mlflow.db)")
+    add_store_args(p)
     return p.parse_args(argv)
 
 

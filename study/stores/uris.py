@@ -182,3 +182,11 @@ def mlflow_uri_for(results_dir: str | Path, mlflow_uri: str | None) -> str:
         raise UsageError(f"no MLflow store at {str(db)!r}: run `python -m study.run` first, "
                          "or pass --state-dir / --mlflow-uri")
     return f"sqlite:///{db}"
+
+
+def add_store_args(parser) -> None:
+    """--state-dir (alias --results-dir) and --mlflow-uri: where a finished study's stores are."""
+    parser.add_argument("--state-dir", "--results-dir", dest="results_dir", default=DEFAULT_STATE_DIR,
+                        help=f"where study.run kept the run's state (default: {DEFAULT_STATE_DIR})")
+    parser.add_argument("--mlflow-uri", default=None,
+                        help="MLflow tracking URI (default: sqlite:///<state-dir>/mlflow.db)")
