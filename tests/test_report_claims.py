@@ -7,7 +7,14 @@ import math
 import pandas as pd
 import pytest
 
-from study.report.claims import NO_INTERVAL, RESOLVED, UNRESOLVED, claims_section, study_claims, verdict
+from study.report.claims import (
+    NO_INTERVAL,
+    RESOLVED,
+    UNRESOLVED,
+    claims_section,
+    study_claims,
+    verdict,
+)
 from study.report.tables import MS
 
 M = "eval/fd_fmnist_2k"

@@ -37,7 +37,7 @@ def test_same_kind_metrics_and_the_fewer_samples_point(tmp_path, monkeypatch):
     labels = drawn[0].get_legend_handles_labels()[1]
     assert labels == ["T=1000 model, ancestral, S steps", "T=1000 model, ancestral, S steps [fd_fmnist_250]"]
     lines = [line for line in drawn[0].get_lines() if len(line.get_xdata()) and line.get_linestyle() in ("-", ":")]
-    points = sorted((float(x), float(y)) for line in lines for x, y in zip(line.get_xdata(), line.get_ydata()))
+    points = sorted((float(x), float(y)) for line in lines for x, y in zip(line.get_xdata(), line.get_ydata(), strict=True))
     assert points == [(10.0, 90.0), (100.0, 60.0), (1000.0, 70.0)]
 
 
