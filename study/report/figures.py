@@ -15,7 +15,6 @@ nothing to draw is skipped and the caller says so in REPORT.md.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -26,7 +25,13 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import FixedLocator, MaxNLocator, NullFormatter, NullLocator
 from PIL import Image
 
-from study.report.tables import MS, cell_label, duplicated_by_sampling_cell, pareto_mask
+from study.report.tables import (
+    MS,
+    at_other_counts,
+    cell_label,
+    duplicated_by_sampling_cell,
+    pareto_mask,
+)
 
 DPI = 100
 SINGLE = (8.0, 5.0)  # inches: 800 x 500 px
@@ -145,12 +150,7 @@ def _ddpm_group(row: pd.Series) -> str:
 def same_kind_metrics(best: pd.DataFrame, metric: str) -> list[str]:
     """The study's metric, then the same distance on other sample counts that some cells use
     (eval/fd_fmnist_1k -> eval/fd_fmnist_250 for the cells sampled on fewer images)."""
-    base, _, count = metric.rpartition("_")
-    if not base or not re.fullmatch(r"\d+k?", count):
-        return [metric]
-    others = sorted(c.removesuffix("_mean") for c in best.columns
-                    if re.fullmatch(re.escape(base) + r"_\d+k?_mean", c) and c != f"{metric}_mean")
-    return [metric, *others]
+    return [metric, *at_other_counts(best.columns, metric, "_mean")]
 
 
 def plot_ddpm_vs_steps(best: pd.DataFrame, summary: pd.DataFrame, metric: str, mode: str, path: Path) -> Path | None:

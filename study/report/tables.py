@@ -69,17 +69,22 @@ def _best_trial(rows: pd.DataFrame, metric: str, mode: str) -> pd.Series:
     return ordered.iloc[0]
 
 
+def at_other_counts(names, metric: str, suffix: str = "") -> list[str]:
+    """Names (minus `suffix`) of the same distance as `metric` at other sample counts:
+    eval/fd_fmnist_1k -> [eval/fd_fmnist_250, ...]; none if `metric` names no count."""
+    base, _, count = metric.rpartition("_")
+    if not base or not re.fullmatch(r"\d+k?", count):
+        return []
+    pattern = re.escape(base) + r"_\d+k?" + re.escape(suffix)
+    return sorted(n.removesuffix(suffix) for n in names if re.fullmatch(pattern, n) and n != metric + suffix)
+
+
 def cell_metric(group: pd.DataFrame, metric: str) -> str:
     """The study's metric, or, for a cell scored on fewer samples (e.g. S=1000 on 250 images),
     its own: the same distance at another count (eval/fd_fmnist_1k -> eval/fd_fmnist_250)."""
     if metric in group and group[metric].notna().any():
         return metric
-    base, _, count = metric.rpartition("_")
-    if base and re.fullmatch(r"\d+k?", count):
-        for column in group.columns:
-            if re.fullmatch(re.escape(base) + r"_\d+k?", column) and group[column].notna().any():
-                return column
-    return metric
+    return next((c for c in at_other_counts(group.columns, metric) if group[c].notna().any()), metric)
 
 
 def cell_best(group: pd.DataFrame, metric: str, mode: str) -> dict[str, Any]:
