@@ -8,7 +8,7 @@ extractor, weights sha256, split and N). This is how a CPU study reports FID: on
 only, at a sample count it can afford, the count in the metric's name (`eval/fid_inception_2k`).
 
 Selection without bias: the winners are picked on the study's metric at the evaluation seed
-the trials used (eval.seed, 0 by default); the FID samples are drawn with `--sample-seed`
+the trials used (eval.seed, 1234 by default); the FID samples are drawn with `--sample-seed`
 (default 1), other noise, so the reported FID is not the maximum of a noisy pick.
 
 Each score is logged to the trial's MLflow run (the metric at the trial's last step, and the
