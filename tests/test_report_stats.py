@@ -91,12 +91,12 @@ def test_seed_block_test_is_the_two_way_anova_f():
     rng = np.random.default_rng(4)
     y = _values(rng, n_cells=3, block=2.0)
     fit = fit_additive(y, ["a", "b", "c"], SEEDS)
-    F, df1, df2, p = seed_block_test(fit)
+    f_value, df1, df2, p = seed_block_test(fit)
     C, S = y.shape
     ss_seed = C * ((y.mean(0) - y.mean()) ** 2).sum()
     assert (df1, df2) == (S - 1, (C - 1) * (S - 1))
-    assert F == pytest.approx(ss_seed / (S - 1) / fit.residual_var, rel=1e-10)
-    assert p == pytest.approx(stats.f.sf(F, df1, df2), rel=1e-10)
+    assert f_value == pytest.approx(ss_seed / (S - 1) / fit.residual_var, rel=1e-10)
+    assert p == pytest.approx(stats.f.sf(f_value, df1, df2), rel=1e-10)
 
 
 def test_holm_by_hand():
