@@ -57,7 +57,7 @@ def run_one(args, n: int, work: Path, data_dir: Path) -> dict:
     plan = load_plan(str(grid_path))
     timing = timed_study(StudyOptions(grid=str(grid_path), study=f"packing-{n}", address=args.address,
                                       data_dir=str(data_dir), results_dir=str(work / "results"),
-                                      cache_dir=str(work / "cache"), verbose=0))
+                                      cache_dir=str(work / "cache"), allow_local=True, verbose=0))
     wall = timing.phase_s["train"]
     cfg = Config.from_dict(plan.configs[plan.trials[0].key])
     trials = len(plan.trials)

@@ -83,7 +83,7 @@ def measure(args, work: Path) -> tuple[list[dict], dict]:
     ray_s = start_ray(args.address, plan.grid.resources.gpus)
     timing = timed_study(StudyOptions(grid=str(grid_path), study="overhead", address=args.address,
                                       data_dir=str(data_dir), results_dir=str(work / "results"),
-                                      cache_dir=str(cache_dir), verbose=0))
+                                      cache_dir=str(cache_dir), allow_local=True, verbose=0))
     phase_s = timing.phase_s["train"]
     steps, every = config["train"]["steps"], config["eval"]["every"]
     evals = steps // every + (steps % every != 0)

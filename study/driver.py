@@ -31,6 +31,8 @@ from study.prepare import Prepared, StudyOptions, newest_checkpoints, prepare
 from study.progress import Progress
 from study.stores import history
 from study.stores.tracking import Tracker
+from study.stores.uris import chosen_cache_dir
+from study.tuning.project import this_project
 from study.tuning.pruning import CellBook, build_pruner, register_driver
 from study.tuning.trial import TrialContext
 
@@ -104,7 +106,7 @@ def prepare_references(prep: Prepared) -> None:
 
 def cache_dir(prep: Prepared) -> str:
     """--cache-dir, else $DDGAN_CACHE_DIR, else `<results>/.cache` (shared storage on a cluster)."""
-    given = prep.options.cache_dir or os.environ.get("DDGAN_CACHE_DIR")
+    given = chosen_cache_dir(prep.options.cache_dir)
     return str(Path(given).expanduser().resolve()) if given else str(prep.stores.cache_dir)
 
 
@@ -208,5 +210,5 @@ def _bookkeeping(prep: Prepared):
         study=where.study, metric=plan.grid.metric, mlflow_uri=where.mlflow_uri, run_ids=run_ids,
         optuna_numbers={k: r.number for k, r in refs.items()}, specs={s.key: s.to_dict() for s in plan.trials},
         configs=plan.configs, data_dir=str(prep.data_dir) if prep.data_dir else None, cache_dir=cache_dir(prep),
-        fid_weights=prep.fid_weights, cpus_per_trial=plan.grid.resources.cpus)
+        fid_weights=prep.fid_weights, cpus_per_trial=plan.grid.resources.cpus, project=this_project())
     return hooks, context

@@ -26,7 +26,7 @@ from ddgan.paths import check_output_dir
 from ddgan.strict import validate
 from study.grid import Grid, Plan, expand, load_grid
 from study.stores import Stores, mask_uri, preflight, resolve_stores
-from study.stores.uris import DEFAULT_STATE_DIR
+from study.stores.uris import DEFAULT_STATE_DIR, chosen_cache_dir, node_local, node_local_message
 
 STUDY_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 FLAGS = {"cpus_per_trial": ("resources", "cpus"), "gpus_per_trial": ("resources", "gpus"),
@@ -51,6 +51,7 @@ class StudyOptions:
     fid_weights: str | None = None
     results_dir: str = DEFAULT_STATE_DIR  # the run's state (--state-dir); curated reports live elsewhere
     cache_dir: str | None = None  # reference statistics; default $DDGAN_CACHE_DIR, else <state>/.cache
+    allow_local: bool = False  # with --address: the user says every node sees the node-local defaults
     verbose: int = 1
     command: str | None = None  # the CLI line that started the study (recorded on the parent run)
 
@@ -218,6 +219,18 @@ def _check_data_or_note(options: StudyOptions, plan: Plan, notes: list[str]) -> 
         return None
 
 
+def _check_shared(stores: Stores, options: StudyOptions, notes: list[str]) -> None:
+    """With --address, a store or folder only this node sees is refused (one line naming the flags),
+    unless --allow-local; a dry-run notes it."""
+    found = [] if options.allow_local else node_local(
+        stores, storage_path=options.storage_path, cache_dir=chosen_cache_dir(options.cache_dir))
+    if not found:
+        return
+    if not options.dry_run:
+        raise UsageError(node_local_message(found))
+    notes.append(node_local_message(found))
+
+
 def prepare(options: StudyOptions) -> Prepared:
     """Validate everything the study needs; write nothing, start nothing."""
     grid, path = load_grid(options.grid)
@@ -239,5 +252,6 @@ def prepare(options: StudyOptions) -> Prepared:
     _check_gpus(grid, options, notes)
     data_dir = _check_data_or_note(options, plan, notes)
     preflight(stores)
+    _check_shared(stores, options, notes)
     _check_resume(stores, plan, options.resume)
     return Prepared(options, plan, stores, data_dir, options.fid_weights, notes)

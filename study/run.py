@@ -44,6 +44,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help=f"the run's state: embedded stores, Ray folders, artifacts (default: {DEFAULT_STATE_DIR})")
     p.add_argument("--cache-dir", default=None,
                    help="reference-statistics cache (default: $DDGAN_CACHE_DIR, else <state-dir>/.cache)")
+    p.add_argument("--allow-local", action="store_true",
+                   help="with --address: accept stores and folders on this node's disk (every node sees them)")
     p.add_argument("--quiet", action="store_true", help="no progress table")
     return p.parse_args(argv)
 
@@ -55,7 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         storage_path=args.storage_path, mlflow_uri=args.mlflow_uri, optuna_storage=args.optuna_storage,
         gpus_per_trial=args.gpus_per_trial, cpus_per_trial=args.cpus_per_trial,
         max_concurrent=args.max_concurrent, data_dir=args.data_dir, fid_weights=args.fid_weights,
-        results_dir=args.results_dir, cache_dir=args.cache_dir, verbose=0 if args.quiet else 1,
+        results_dir=args.results_dir, cache_dir=args.cache_dir, allow_local=args.allow_local, verbose=0 if args.quiet else 1,
         command=" ".join(["python -m study.run", *map(shlex.quote, sys.argv[1:] if argv is None else argv)]))
     if options.dry_run:  # validates everything, starts and writes nothing: Ray and MLflow are not even loaded
         print(describe_plan(prepare(options)))

@@ -727,7 +727,8 @@ def test_resume_never_unpickles_rays_state(tmp_path, fmnist_dir, ray_session, mo
     assert (tmp_path / "control").exists()
 
     run_study(StudyOptions(grid=grid, results_dir=str(env.results), data_dir=str(fmnist_dir),
-                           cache_dir=str(tmp_path / "cache"), address=ray_session, resume=True, verbose=0))
+                           cache_dir=str(tmp_path / "cache"), address=ray_session, allow_local=True, resume=True,
+                           verbose=0))
     assert not marker.exists(), "--resume unpickled Ray's state"
     import optuna
 

@@ -289,7 +289,7 @@ def node_lost_scenario(root: Path, data_dir: str, cache_dir: str) -> dict:
     cluster.wait_for_nodes()
     results = root / "results"
     cmd = [sys.executable, "-m", "study.run", "--grid", str(root / "test_node_lost.yaml"), "--results-dir",
-           str(results), "--data-dir", data_dir, "--cache-dir", cache_dir, "--address", cluster.address, "--quiet"]
+           str(results), "--data-dir", data_dir, "--cache-dir", cache_dir, "--address", cluster.address, "--allow-local", "--quiet"]
     out: dict = {"head_node": cluster.head_node.node_id, "worker_node": worker.node_id}
     with (root / "driver.log").open("w") as log:
         driver = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)

@@ -165,7 +165,7 @@ def _wait_for(condition, timeout: float, what: str):
 def test_driver_killed_then_resumed(ray_session, tmp_path, fmnist_dir, reference_cache):
     results = tmp_path / "results"
     cmd = [sys.executable, "-m", "study.run", "--grid", "test_resume", "--results-dir", str(results),
-           "--data-dir", str(fmnist_dir), "--cache-dir", str(reference_cache), "--address", ray_session, "--quiet"]
+           "--data-dir", str(fmnist_dir), "--cache-dir", str(reference_cache), "--address", ray_session, "--allow-local", "--quiet"]
     env = {**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "1"}  # Ray snapshots its experiment state every second
     log = (tmp_path / "driver.log").open("w")
     driver = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)

@@ -14,7 +14,10 @@ writes to `results/<study>/` (committed ones, like results/cpu, are never a run'
 Every path is made absolute here, in the driver: Ray runs a trial in its own working
 directory, where a relative `sqlite:///mlflow.db` would silently create a new store.
 On a cluster the same code takes `--mlflow-uri http://...`, `--optuna-storage
-postgresql://...` and `--storage-path` (a shared filesystem or s3://).
+postgresql://...` and `--storage-path` (a shared filesystem or s3://). With `--address`,
+`node_local` names what a trial on another node would not see (the MLflow SQLite file, a
+Ray storage path or reference cache left at its default under the state directory):
+`study.prepare` refuses it unless `--allow-local` says every node sees these paths.
 
 Nothing here touches a store (`study.stores.connect` does). URIs are shown with their
 passwords masked everywhere (`mask_uri`).
@@ -23,6 +26,7 @@ passwords masked everywhere (`mask_uri`).
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +37,7 @@ from ddgan.errors import UsageError
 MLFLOW_SCHEMES = ("sqlite", "http", "https", "postgresql", "mysql", "mssql")
 OPTUNA_SCHEMES = ("sqlite", "postgresql", "mysql", "journal")
 REMOTE_STORAGE_SCHEMES = ("s3", "gs", "gcs", "hdfs", "abfs", "az")
+CACHE_ENV = "DDGAN_CACHE_DIR"  # the reference-statistics cache when --cache-dir is not given
 DEFAULT_STATE_DIR = "results/runs"  # a run's state (the CLIs' --state-dir, alias --results-dir)
 REPORTS_DIR = "results"  # curated reports: results/<study>/ (study.report --out)
 
@@ -171,6 +176,39 @@ def resolve_stores(study: str, results_dir: str | Path = DEFAULT_STATE_DIR, *, m
     if address is not None and not (address == "auto" or re.match(r"^(ray://)?[\w.-]+:\d+$", address)):
         raise UsageError(f"malformed --address {address!r}: use auto, host:port or ray://host:port")
     return Stores(study, results, mlflow, artifact_root, optuna_url, ray_storage, address)
+
+
+def chosen_cache_dir(flag: str | None) -> str | None:
+    """--cache-dir, else $DDGAN_CACHE_DIR; None when neither names one (the study's default:
+    `<state-dir>/.cache`, `Stores.cache_dir`)."""
+    return flag or os.environ.get(CACHE_ENV) or None
+
+
+def node_local(stores: Stores, *, storage_path: str | None, cache_dir: str | None) -> list[str]:
+    """With --address: the stores a trial on another node would not see, one `--flag (why)` each.
+
+    `storage_path` and `cache_dir` are what the user named (None: the default under the state
+    directory on this node). The Optuna storage is not listed: only the driver reads and writes
+    it, like plan.json. Empty without --address."""
+    if stores.ray_address is None:
+        return []
+    found = []
+    if scheme_of(stores.mlflow_uri) == "sqlite":
+        found.append(f"--mlflow-uri ({mask_uri(stores.mlflow_uri)} is a file on this node)")
+    elif stores.artifact_root is not None:  # a database URI: artifacts go to a file:// root here
+        found.append(f"--mlflow-uri (a database URI: artifacts would go to {stores.artifact_root} "
+                     "on each node; use an MLflow server, http://...)")
+    if storage_path is None:
+        found.append(f"--storage-path (default {stores.ray_storage})")
+    if cache_dir is None:
+        found.append(f"--cache-dir (default {stores.cache_dir})")
+    return found
+
+
+def node_local_message(found: list[str]) -> str:
+    """One line: what to name with --address, or --allow-local."""
+    return (f"with --address, trials on other nodes cannot reach {'; '.join(found)}: name stores every "
+            "node reaches, or pass --allow-local if every node sees these paths (one machine, a shared mount)")
 
 
 def mlflow_uri_for(results_dir: str | Path, mlflow_uri: str | None) -> str:

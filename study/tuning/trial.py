@@ -43,6 +43,7 @@ from ddgan.sampler import sample_ddpm
 from ddgan.trainer import pick_device, train
 from study.stores.tracking import TrialRun
 from study.tuning.faults import install_faults
+from study.tuning.project import check_same_project
 
 FINISHED = ("completed", "pruned")
 
@@ -67,6 +68,7 @@ class TrialContext:
     # stores already hold (key -> completed | pruned | failed): those tell Ray and touch nothing.
     resume_from: dict[str, str] = field(default_factory=dict)
     ended: dict[str, str] = field(default_factory=dict)
+    project: dict[str, str] = field(default_factory=dict)  # the driver's code (study.tuning.project)
 
 
 def make_evaluator(cfg: Config, ctx: TrialContext, device: torch.device):
@@ -233,6 +235,7 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
     if key in context.ended:  # --resume: its end is recorded already
         _report_ended(key, context.ended[key], int(context.specs[key]["total_steps"]))
         return
+    check_same_project(context.project)  # a node with other code fails the trial, saying why
     spec, cfg = context.specs[key], Config.from_dict(context.configs[key])
     torch.set_num_threads(max(1, int(context.cpus_per_trial)))
     run = TrialRun(context.mlflow_uri, context.run_ids[key])
