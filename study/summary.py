@@ -13,8 +13,9 @@ from study.stores import history, mask_uri
 from study.stores.uris import DEFAULT_STATE_DIR, REPORTS_DIR
 
 
-def describe_plan(prep) -> str:
-    """Cells, trials, resources, budget and stores, without touching any of them."""
+def describe_plan(prep, gpus: int | None = None) -> str:
+    """Cells, trials, resources, budget and stores, without touching any of them; the cost for
+    `gpus` GPUs (study.run --gpus)."""
     plan, grid, stores = prep.plan, prep.grid, prep.stores
     lines = [f"study {stores.study!r} from grid {str(plan.path)!r}" + (" (resume)" if prep.options.resume else ""),
              f"metric {grid.metric} ({grid.mode}); pruner {grid.pruner.kind} within each cell",
@@ -30,22 +31,31 @@ def describe_plan(prep) -> str:
     lines += ["", f"{len(plan.trials)} trials in {len(plan.cells())} cells; {total_steps} training steps in all",
               f"data: {prep.data_dir}"]
     lines += [f"{name}: {value}" for name, value in stores.describe().items()]
-    lines += plan_cost(prep)
+    lines += plan_cost(prep, gpus)
     lines += [f"note: {note}" for note in prep.notes]
     return "\n".join(lines)
 
 
-def plan_cost(prep) -> list[str]:
-    """Wall-clock here and GPU-hours on the reference GPU; `--calibrate` times a few steps here first."""
+def plan_cost(prep, gpus: int | None = None) -> list[str]:
+    """Wall-clock and GPU-hours where the plan runs: here, or on the Ray cluster of `--address`
+    (`gpus` GPUs, else unknown and one assumed); `--calibrate` times a few steps here first."""
     figures = cost.load_figures()
     local, gpu = figures["cpu"], figures["gpu"]
+    address, cuda = prep.options.address, torch.cuda.is_available()
     if prep.options.calibrate:
-        local = cost.calibrate(prep.plan, local, "cpu")
-        if torch.cuda.is_available():
+        if address is None:
+            local = cost.calibrate(prep.plan, local, "cpu")
+        if cuda:
             gpu = cost.calibrate(prep.plan, gpu, "cuda")
-    elif torch.cuda.is_available():
+    elif cuda:
         prep.notes.append("this machine has a GPU: --calibrate measures its figures instead of the reference GPU's")
-    return cost.describe(prep.plan, local, gpu)
+    source = "--gpus" if gpus else None
+    if gpus is None and address is not None:
+        source = f"count unknown: --address {address} without --gpus; 1 GPU assumed"
+        prep.notes.append(f"pass --gpus N to price the run for the N GPUs of the cluster at {address}")
+    elif gpus is None and cuda:
+        gpus, source = torch.cuda.device_count(), "this machine's GPUs"
+    return cost.describe(prep.plan, local, gpu, gpus, address, source)
 
 
 def _counts(book, plan) -> dict[str, int]:

@@ -96,3 +96,123 @@ def test_calibrate_measures_each_preset_and_method_of_the_plan():
         assert 0 < measured.train_step_s["tiny"][method] < math.inf
         assert 0 < measured.nfe_ms_per_image["tiny"][method] < math.inf
     assert measured.train_step_s["paper"] == base.train_step_s["paper"]  # not in the plan: kept
+
+
+# -- the FLOP count (benchmarks/flops.py) against closed forms -------------------------------------
+
+
+def test_flop_count_of_one_layer_is_twice_its_macs():
+    """A convolution's forward is 2 x MACs; a linear layer's forward + backward is 3 x that
+    (grad input and grad weight each cost the forward again)."""
+    from benchmarks.flops import count
+
+    conv = torch.nn.Conv2d(3, 8, kernel_size=3, padding=1)
+    x = torch.randn(5, 3, 28, 28)  # (B, C, H, W)
+    with torch.no_grad():
+        flops, ops = count(lambda: conv(x))
+    assert flops == 2 * (5 * 8 * 28 * 28) * (3 * 3 * 3) and ops >= 1
+    linear = torch.nn.Linear(16, 4)
+    y = torch.randn(7, 16, requires_grad=True)
+    flops, _ = count(lambda: linear(y).sum().backward())
+    assert flops == 3 * 2 * 7 * 16 * 4
+
+
+def test_flop_count_of_a_train_step_matches_flop_counter_mode_and_r1_costs_more():
+    """The step counter sums FlopCounterMode's own formulas: on a step without R1 both agree
+    exactly; DDGAN's R1 step (a double backward through D) costs more FLOPs and ops than a plain one."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from benchmarks.flops import count, count_train_step, step_config
+    from ddgan.methods import build_method
+
+    method = build_method(step_config("tiny", "ddpm", 2), torch.device("cpu"))
+    x0 = torch.rand(2, 1, 28, 28) * 2 - 1
+    method.train_step(x0, 1)
+    ours, _ = count(lambda: method.train_step(x0, 2))
+    reference = FlopCounterMode(display=False)
+    with reference:
+        method.train_step(x0, 3)
+    assert ours == reference.get_total_flops() > 0
+    row = count_train_step("tiny", "ddgan", 2)
+    assert row["gflop_per_image_r1"] > row["gflop_per_image_plain"] and row["ops_per_step_r1"] > row["ops_per_step_plain"]
+    every = row["r1_interval"]
+    assert row["gflop_per_image"] == pytest.approx(((every - 1) * row["gflop_per_image_plain"] + row["gflop_per_image_r1"])
+                                                   / every)
+
+
+def test_committed_gpu_estimate_comes_from_the_counted_flops():
+    """configs/costs.yaml's GPU step for the full grid's paper DDGAN trial is the FLOP model's
+    closed form, and the counts behind it are the real step's (more than G + D forwards alone)."""
+    figures = cost.load_figures()["gpu"]
+    plan = load_plan("full")
+    config = plan.configs[next(s.key for s in plan.trials if s.method == "ddgan")]
+    row = figures.model.train["paper"]["ddgan"]
+    busy = row["gflop_per_image"] * 128 / figures.model.sustained_tflops / 1000
+    floor = row["ops_per_step"] * figures.model.host_us_per_op / 1e6
+    assert figures.step_s(config) == (pytest.approx(max(busy, floor)), pytest.approx(busy))
+    g, d = 2.40, 2.23  # forward GFLOP per image of the paper generator and discriminator (2026-12)
+    forwards = 2 * g + 3 * d  # the fresh draw: two G forwards; D on real, fake and G's fake
+    assert 2 * forwards < row["gflop_per_image"] < 3 * forwards  # each with its backward (1-2 x a forward)
+
+
+# -- the cost model's arithmetic on a synthetic plan -------------------------------------------------
+
+MODEL = cost.FlopModel(sustained_tflops=10.0, host_us_per_op=10.0,
+                       train={"tiny": {"ddgan": {"gflop_per_image": 1.0, "ops_per_step": 1000},
+                                       "ddpm": {"gflop_per_image": 0.5, "ops_per_step": 100}}},
+                       sample={"tiny": {"ddgan": {"gflop_per_image": 0.0, "ops": 0},
+                                        "ddpm": {"gflop_per_image": 0.0, "ops": 0}}})
+
+
+def test_flop_model_step_is_flops_or_the_op_floor_and_compile_drops_the_floor():
+    """Batch 16: DDGAN 16 GFLOP at 10 TFLOP/s = 1.6 ms, under its floor 1000 ops x 10 us = 10 ms;
+    DDPM 0.8 ms over 1 ms of floor. With train.compile the floor goes."""
+    plan = load_plan("test_pruning")
+    figures = cost.Figures(**{**FIGURES.__dict__, "train_step_s": {}, "model": MODEL})
+    by_method = {s.method: plan.configs[s.key] for s in plan.trials}
+    assert figures.step_s(by_method["ddgan"]) == (pytest.approx(0.010), pytest.approx(0.0016))
+    assert figures.step_s(by_method["ddpm"]) == (pytest.approx(0.001), pytest.approx(0.0008))
+    compiled = {**by_method["ddgan"], "train": {**by_method["ddgan"]["train"], "compile": True}}
+    assert figures.step_s(compiled) == (pytest.approx(0.0016), pytest.approx(0.0016))
+
+
+def test_packing_and_gpu_count_in_closed_form():
+    """k trials on one GPU: each trial's step max(solo, k x busy) (aggregate min(k x solo, peak)),
+    or solo x k / measured ratio; N GPUs at 0.25 GPU per trial run 4N trials at a time."""
+    plan = load_plan("test_pruning")
+    figures = cost.Figures(**{**FIGURES.__dict__, "train_step_s": {}, "eval_overhead_s": 0.0, "model": MODEL})
+    ddgan = next(s for s in plan.trials if s.method == "ddgan")
+    alone = cost.trial_cost(ddgan, plan.configs[ddgan.key], plan, figures, k=1).full_s
+    assert alone == pytest.approx(40 * 0.010)  # 40 steps, floor-bound; sampling free
+    assert cost.trial_cost(ddgan, plan.configs[ddgan.key], plan, figures, k=4).full_s == pytest.approx(40 * 0.010)
+    assert cost.trial_cost(ddgan, plan.configs[ddgan.key], plan, figures, k=8).full_s == pytest.approx(40 * 8 * 0.0016)
+    measured = cost.Figures(**{**figures.__dict__, "packing": {4: 2.0}})
+    assert cost.trial_cost(ddgan, plan.configs[ddgan.key], plan, measured, k=4).full_s == pytest.approx(40 * 0.010 * 2)
+    est = cost.estimate(plan, figures, slots=2, per_device=8)
+    assert est.trial_s[1] == pytest.approx(2 * 40 * 8 * 0.0016 + 40 * 8 * 0.0008)  # DDPM: max(1 ms, 8 x 0.8 ms)
+    full = load_plan("full")
+    assert cost.trials_per_gpu(full.grid.resources.gpus) == 4 and cost.trials_per_gpu(1.0) == 1
+    assert cost.gpu_slots(full, 3) == 12 and cost.gpu_slots(plan, 5) == 2  # test_pruning: max_concurrent 2
+
+
+def test_plan_prices_the_cluster_it_names(tmp_path, fmnist_dir, ray_session):
+    """With --address the CPU here is not priced; the GPU line names N from --gpus, or says the count
+    is unknown and what was assumed; 16 GPUs at 4 trials each run 64 at a time."""
+    from study.summary import describe_plan
+
+    def dry(*flags):
+        done = subprocess.run([sys.executable, "-m", "study.run", "--grid", "full", "--dry-run", "--data-dir",
+                               str(fmnist_dir), "--state-dir", str(tmp_path / "state"), "--allow-local",
+                               "--address", ray_session, *flags], cwd=REPO, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    named = dry("--gpus", "16")
+    assert f"not priced (the trials run on the Ray cluster at {ray_session})" in named
+    assert "x 16 (--gpus)" in named and "64 trial(s) at a time, 4 per GPU" in named and "GPU-hours" in named
+    unknown = dry()
+    assert f"count unknown: --address {ray_session} without --gpus; 1 GPU assumed" in unknown
+    assert "here on the CPU" not in named + unknown
+    local = describe_plan(prepare(StudyOptions(grid="full", dry_run=True, data_dir=str(fmnist_dir),
+                                               results_dir=str(tmp_path / "state"))), gpus=2)
+    assert "here on the CPU" in local and "x 2 (--gpus)" in local and "8 trial(s) at a time" in local
