@@ -149,6 +149,50 @@ class DDPMAxes(Strict):
         return self
 
 
+ContrastKind = Literal["objective_at_T", "T_at_equal_images", "T_at_equal_updates", "ddgan_vs_ddpm_at_equal_nfe",
+                       "other"]
+
+
+class PlannedContrast(Strict):
+    """One planned comparison: the mean of the cells `a` minus the mean of the cells `b`."""
+
+    name: str = Field(min_length=1, max_length=200)
+    kind: ContrastKind = "other"  # the question it answers (groups the report's claims)
+    a: tuple[str, ...] = Field(min_length=1)
+    b: tuple[str, ...] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _sides(self) -> PlannedContrast:
+        for side in (self.a, self.b):
+            if len(set(side)) != len(side):
+                raise ValueError(f"contrast {self.name!r}: a cell is repeated in {list(side)}")
+        both = sorted(set(self.a) & set(self.b))
+        if both:
+            raise ValueError(f"contrast {self.name!r}: cells {both} are on both sides")
+        return self
+
+
+class Contrasts(Strict):
+    """The study's planned contrasts and how the report tests them (study/report/stats.py).
+
+    `planned` absent: defaults from the axes (study/report/contrasts.py). `variance`: the residual
+    variance of the fit y ~ cell + seed over every analysed cell ("study", pooled) or over each
+    contrast's own cells ("contrast"; a two-cell contrast is then the paired t-test)."""
+
+    variance: Literal["study", "contrast"] = "study"
+    alpha: float = Field(default=0.05, gt=0, lt=0.5)  # Holm's family-wise level
+    power: float = Field(default=0.8, gt=0, lt=1)  # for the smallest detectable difference
+    planned: tuple[PlannedContrast, ...] | None = Field(default=None, min_length=1)
+
+    @model_validator(mode="after")
+    def _names(self) -> Contrasts:
+        names = [c.name for c in self.planned or ()]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"contrast names must be unique: {repeated}")
+        return self
+
+
 class Grid(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     description: str = ""
@@ -168,6 +212,7 @@ class Grid(Strict):
     # Extra dotted overrides for one cell or one trial key, applied last (e.g. a smaller batch
     # for one expensive cell); `fault.<key>=value` items set the trial's `Faults` instead.
     trial_overrides: dict[str, tuple[str, ...]] = {}
+    contrasts: Contrasts = Contrasts()  # analysis only: not part of the plan's fingerprint
 
     @model_validator(mode="after")
     def _methods(self) -> Grid:
@@ -181,7 +226,27 @@ class Grid(Strict):
         for method in ("ddgan", "ddpm"):
             if getattr(self, method) is not None and method not in self.base:
                 raise ValueError(f"base: no base config for method {method!r}")
+        cells = set(grid_cells(self))
+        for contrast in self.contrasts.planned or ():
+            unknown = [c for c in (*contrast.a, *contrast.b) if c not in cells]
+            if unknown:
+                raise ValueError(f"contrasts: {contrast.name!r} names no cell of this grid: {unknown} "
+                                 f"(cells: {', '.join(sorted(cells))})")
         return self
+
+
+def grid_cells(grid: Grid) -> list[str]:
+    """The cells a grid's axes make, named as `expand` names them (without resolving any config)."""
+    cells = []
+    if grid.ddgan is not None:
+        cells += [f"ddgan-{loss}-T{T}" for loss in grid.ddgan.losses for T in grid.ddgan.T]
+    if grid.ddpm is not None:
+        respaced = grid.ddpm.respaced
+        model_Ts = list(grid.ddpm.T) + ([respaced.T] if respaced and respaced.T not in grid.ddpm.T else [])
+        cells += [f"ddpm-T{T}" for T in model_Ts]
+        if respaced is not None:
+            cells += [f"ddpm-{sampler}-S{S}" for sampler in respaced.samplers for S in respaced.steps]
+    return cells
 
 
 @dataclass(frozen=True)

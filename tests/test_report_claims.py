@@ -1,97 +1,210 @@
-"""study.report.claims: every claim's verdict follows from the intervals (hand-made best_by_cell frames)."""
+"""study.report.claims: planned contrasts on hand-made studies, the verdict from the Holm-adjusted p.
+
+Frames with three and four objectives per T, both metric modes, touching and overlapping
+intervals, a missing seed, and a grid's explicit `contrasts:` against its defaults."""
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats
 
 from study.report.claims import (
-    NO_INTERVAL,
+    NO_DATA,
+    NOT_IN_DESIGN,
     RESOLVED,
     UNRESOLVED,
+    analyse,
+    claims_frame,
     claims_section,
-    study_claims,
-    verdict,
 )
-from study.report.tables import MS
+from study.report.contrasts import CellInfo, ContrastPlan, Planned, default_contrasts
+from study.report.tables import best_by_cell, interval95
 
 M = "eval/fd_fmnist_2k"
+SEEDS = (0, 1, 2, 3, 4, 5, 6, 7)
 
 
-def _row(method, loss, T, mean, half, ms=1.0, images=12_800, sampler=None, steps=None):
-    low, high = (mean - half, mean + half) if half is not None else (math.nan, math.nan)
-    cell = f"ddgan-{loss}-T{T}" if method == "ddgan" else (
-        f"ddpm-{sampler}-S{steps}" if sampler else f"ddpm-T{T}")
-    return {"cell": cell, "method": method, "loss": loss, "T": T, "sampler": sampler,
-            "sampling_steps": steps or T, "preset": "small", f"{M}_mean": mean, f"{M}_ci_low": low,
-            f"{M}_ci_high": high, MS: ms, "images_seen": images}
+def _trial(cell, method, loss, T, seed, value, lr=1e-4, sampler=None, steps=None, status="completed"):
+    return {"trial_key": f"{cell}-lr{lr:g}-s{seed}", "cell": cell, "phase": "sample" if sampler else "train",
+            "method": method, "loss": loss, "T": T, "sampler": sampler, "sampling_steps": steps or T, "lr": lr,
+            "seed": seed, "preset": "small", "status": status, "steps": 100, "total_steps": 100,
+            "batch_size": 64, "images_seen": 6400, M: value, "eval/sample_ms_per_image": float(steps or T),
+            "eval/nfe": float(steps or T), "run_id": f"run-{cell}-{seed}-{lr:g}"}
 
 
-@pytest.mark.parametrize("a, b, mode, expected", [
-    ((10, 2), (20, 3), "min", RESOLVED),       # [8, 12] below [17, 23]
-    ((10, 5), (20, 6), "min", UNRESOLVED),     # [5, 15] meets [14, 26]
-    ((20, 3), (10, 2), "max", RESOLVED),
-    ((10, None), (20, 3), "min", NO_INTERVAL),
-])
-def test_verdict_is_interval_separation(a, b, mode, expected):
-    better, worse = pd.Series(_row("ddgan", "ns", 1, *a)), pd.Series(_row("ddgan", "tv", 1, *b))
-    assert verdict(better, worse, M, mode) == expected
+def study(means: dict[tuple[str, int], float], noise=1.0, block=2.0, seeds=SEEDS, rng_seed=0,
+          ddpm: dict[int, float] | None = None) -> pd.DataFrame:
+    """A DDGAN study with the given true cell means, a seed effect and noise; optional DDPM T=1000
+    respaced cells (DDIM S -> mean), sampled from the same seeds' models."""
+    rng = np.random.default_rng(rng_seed)
+    seed_effect = dict(zip(seeds, block * rng.standard_normal(len(seeds)), strict=True))
+    rows = [_trial(f"ddgan-{loss}-T{T}", "ddgan", loss, T, s, mu + seed_effect[s] + noise * rng.standard_normal())
+            for (loss, T), mu in means.items() for s in seeds]
+    for S, mu in (ddpm or {}).items():
+        rows += [_trial(f"ddpm-ddim-S{S}", "ddpm", "mse", 1000, s, mu + seed_effect[s] + noise * rng.standard_normal(),
+                        sampler="ddim", steps=S) for s in seeds]
+    return pd.DataFrame(rows)
 
 
-def _best():
-    return pd.DataFrame([
-        _row("ddgan", "ns", 1, 200, 10, ms=2), _row("ddgan", "tv", 1, 240, 10, ms=2),
-        _row("ddgan", "ns", 4, 150, 20, ms=8), _row("ddgan", "tv", 4, 160, 20, ms=8),
-        _row("ddpm", "mse", 10, 120, 5, ms=20),
-        _row("ddpm", "mse", 1000, 100, 4, ms=40, sampler="ancestral", steps=10),
-        _row("ddpm", "mse", 1000, 300, 30, ms=6, sampler="ddim", steps=2),
-    ])
+def infos(summary: pd.DataFrame) -> list[CellInfo]:
+    first = summary.drop_duplicates("cell")
+    return [CellInfo(r["cell"], r["method"], r["loss"] if r["method"] == "ddgan" else None, int(r["T"]),
+                     int(r["sampling_steps"])) for _, r in first.iterrows()]
 
 
-def test_claims_of_a_study():
-    claims = {c.topic: c for c in study_claims(_best(), M, "min")}
-    assert claims["best objective at T=1"].verdict == RESOLVED          # 200+-10 vs 240+-10
-    assert claims["best objective at T=4"].verdict == UNRESOLVED        # 150+-20 vs 160+-20
-    assert claims["best objective overall (each at its best T)"].verdict == UNRESOLVED
-    assert claims["effect of T (ns)"].verdict == RESOLVED                # [130, 170] vs [190, 210]
-    assert "T=4 150" in claims["effect of T (ns)"].statement
-    assert claims["effect of T (tv)"].verdict == RESOLVED                # [140, 180] vs [230, 250]
-    equal_images = claims["DDGAN vs DDPM at equal training images"]
-    assert equal_images.verdict == RESOLVED  # DDPM 100+-4 against ns T=4 150+-20
-    assert equal_images.statement.endswith("DDPM T=1000, ancestral S=10 is better")
-    timed = claims["DDGAN vs DDPM at equal sampling time"]
-    # best DDGAN (ns T=4, 8 ms) against the best DDPM no slower than 8 ms: the 2-step DDIM cell (300 +- 30)
-    assert "S=2" in timed.statement or "S2" in timed.statement
-    assert timed.verdict == RESOLVED
+def run(summary: pd.DataFrame, mode="min", plan: ContrastPlan | None = None):
+    best = best_by_cell(summary, M, mode)
+    plan = plan or ContrastPlan(tuple(default_contrasts(infos(summary))), "test defaults")
+    analysis = analyse(summary, best, M, plan)
+    return {c.name: c for c in analysis.claims}, analysis, best
 
 
-def test_unequal_images_are_named_and_one_seed_has_no_interval():
-    best = _best()
-    best.loc[best["method"] == "ddpm", "images_seen"] = 76_800
-    best.loc[best["cell"] == "ddgan-tv-T1", [f"{M}_ci_low", f"{M}_ci_high"]] = math.nan
-    claims = {c.topic: c for c in study_claims(best, M, "min")}
-    assert "DDGAN vs DDPM (UNEQUAL training images)" in claims
-    assert claims["best objective at T=1"].verdict == NO_INTERVAL
-    text = "\n".join(claims_section(best, M, "min"))
-    assert "## Claims and their intervals" in text and "not resolved at this scale" in text
+FOUR = {("ns", 1): 100.0, ("hellinger", 1): 100.0, ("rkl", 1): 110.0, ("tv", 1): 95.0,
+        ("ns", 2): 100.0, ("hellinger", 2): 100.0, ("rkl", 2): 100.0, ("tv", 2): 100.0}
 
 
-def test_no_ddgan_no_claims():
-    assert study_claims(pd.DataFrame(), M, "min") == []
+def test_default_contrasts_are_few_and_planned():
+    plan = default_contrasts(infos(study(FOUR)))
+    names = [p.name for p in plan]
+    # objective at fixed T: each of three objectives against ns, at both T (not all 6 pairs per T)
+    assert [n for n in names if " vs ns at T=" in n] == [f"{loss} vs ns at T={T}" for T in (1, 2)
+                                                       for loss in ("hellinger", "rkl", "tv")]
+    assert [n for n in names if "equal images" in n] == [f"{loss}: T=2 vs T=1, equal images"
+                                                         for loss in ("ns", "hellinger", "rkl", "tv")]
+    absent = {p.kind: p.absent for p in plan if p.absent}
+    assert "1/T of the updates" in absent["T_at_equal_updates"]
+    assert "no DDPM cell" in absent["ddgan_vs_ddpm_at_equal_nfe"]
 
 
-def test_smallest_t_best_is_checked_against_every_other_t_and_an_overlap_wins_over_a_missing_interval():
-    best = pd.DataFrame([_row("ddgan", "rkl", 1, 100, 5), _row("ddgan", "rkl", 2, 108, 5),
-                         _row("ddgan", "rkl", 4, 200, None)])
-    claim = {c.topic: c for c in study_claims(best, M, "min")}["effect of T (rkl)"]
-    assert claim.verdict == UNRESOLVED  # T=2 overlaps T=1; T=4 has no interval
-    assert "T=2 108" in claim.statement and "T=4 200" in claim.statement
+def test_four_objectives_min_mode_resolves_only_the_true_differences():
+    claims, analysis, _ = run(study(FOUR))
+    assert claims["rkl vs ns at T=1"].verdict == RESOLVED  # +10, noise SD 1, 8 seeds
+    assert claims["tv vs ns at T=1"].verdict == RESOLVED  # -5
+    assert claims["hellinger vs ns at T=1"].verdict == UNRESOLVED
+    assert all(claims[f"{loss} vs ns at T=2"].verdict == UNRESOLVED for loss in ("hellinger", "rkl", "tv"))
+    assert claims["rkl: T=2 vs T=1, equal images"].verdict == RESOLVED
+    assert claims["T at equal updates per denoising step"].verdict == NOT_IN_DESIGN
+    assert analysis.m == 10  # 6 objective + 4 T contrasts have a p; not-in-design ones do not count
+    text = "\n".join(claims_section(analysis, run(study(FOUR))[2], M, "min"))
+    assert text.index("Resolved: ") < text.index("| contrast")  # the resolved claims come first
+    assert "**resolved**: tv, T=1 is better" in text  # lower is better: tv's -5 wins
+    assert "**resolved**: ns, T=1 is better" in text  # over rkl's +10
 
 
-def test_images_not_recorded_are_not_called_unequal():
-    best = _best()
-    best["images_seen"] = math.nan
-    topics = {c.topic for c in study_claims(best, M, "min")}
-    assert "DDGAN vs DDPM (training images not recorded)" in topics
+def test_max_mode_flips_the_better_side_not_the_test():
+    low, _, best = run(study(FOUR), "min")
+    high, analysis, _ = run(study(FOUR), "max")
+    for name in low:
+        assert low[name].verdict == high[name].verdict
+        if low[name].estimate is not None:
+            assert low[name].estimate.p == pytest.approx(high[name].estimate.p)
+    text = "\n".join(claims_section(analysis, best, M, "max"))
+    assert "**resolved**: rkl, T=1 is better" in text  # higher is better: rkl's +10 wins
+
+
+def test_the_verdict_is_the_adjusted_p_not_the_overlap_of_intervals():
+    """Paired seeds: two cells whose per-cell 95% intervals overlap widely, yet every seed shows the
+    same +1.5 difference -> resolved; and the old overlap rule would have said not resolved."""
+    summary = study({("ns", 1): 100.0, ("hellinger", 1): 101.5, ("rkl", 1): 100.0}, noise=0.3, block=10.0)
+    claims, _, best = run(summary)
+    assert claims["hellinger vs ns at T=1"].verdict == RESOLVED
+    cells = best.set_index("cell")
+    ns, hel = cells.loc["ddgan-ns-T1"], cells.loc["ddgan-hellinger-T1"]
+    assert hel[f"{M}_ci_low"] < ns[f"{M}_ci_high"]  # the intervals overlap
+
+
+def test_touching_intervals_and_the_threshold():
+    """Two cells whose per-cell intervals just touch are decided by the Holm p alone; a p just above
+    alpha / m is not resolved, whatever the intervals."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal(8)
+    half = stats.t.ppf(0.975, 7) * x.std(ddof=1) / math.sqrt(8)
+    gap = 2 * half  # b's interval starts where a's ends
+    rows = [_trial("ddgan-ns-T1", "ddgan", "ns", 1, s, 100 + x[i]) for i, s in enumerate(SEEDS)]
+    rows += [_trial("ddgan-tv-T1", "ddgan", "tv", 1, s, 100 + gap + x[i]) for i, s in enumerate(SEEDS)]
+    summary = pd.DataFrame(rows)
+    _, low_a, high_a = interval95(summary[summary["cell"] == "ddgan-ns-T1"][M])
+    _, low_b, _ = interval95(summary[summary["cell"] == "ddgan-tv-T1"][M])
+    assert low_b == pytest.approx(high_a)  # touching
+    # the same noise in both cells: every paired difference is exactly `gap`, so p is 0 -> resolved
+    claims, _, _ = run(summary)
+    assert claims["tv vs ns at T=1"].verdict == RESOLVED and claims["tv vs ns at T=1"].estimate.p < 1e-12
+    # a p just above 0.05 (one contrast: Holm p = p) is not resolved, one just below is
+    for target, verdict in ((0.051, UNRESOLVED), (0.049, RESOLVED)):
+        d = rng.standard_normal(8)
+        d = (d - d.mean()) / d.std(ddof=1)  # mean 0, SD 1: t = shift * sqrt(8)
+        shift = stats.t.ppf(1 - target / 2, 7) / math.sqrt(8)
+        rows = [_trial("ddgan-ns-T1", "ddgan", "ns", 1, s, 100.0) for s in SEEDS]
+        rows += [_trial("ddgan-tv-T1", "ddgan", "tv", 1, s, 100.0 + shift + d[i]) for i, s in enumerate(SEEDS)]
+        claims, _, _ = run(pd.DataFrame(rows))
+        claim = claims["tv vs ns at T=1"]
+        assert claim.p_holm == pytest.approx(target, rel=1e-6) and claim.verdict == verdict
+
+
+def test_a_missing_seed_is_fitted_not_imputed_and_named():
+    summary = study({("ns", 1): 100.0, ("hellinger", 1): 103.0, ("rkl", 1): 100.0}, noise=1.0)
+    summary = summary[~((summary["cell"] == "ddgan-hellinger-T1") & (summary["seed"] == 3))]
+    plan = ContrastPlan(tuple(default_contrasts(infos(summary))), "test", variance="contrast")
+    claims, analysis, _ = run(summary, plan=plan)
+    claim = claims["hellinger vs ns at T=1"]
+    wide = summary.pivot(index="seed", columns="cell", values=M).dropna()
+    paired = stats.ttest_rel(wide["ddgan-hellinger-T1"], wide["ddgan-ns-T1"])
+    assert claim.estimate.seeds == 7 and claim.estimate.p == pytest.approx(paired.pvalue, rel=1e-9)
+    assert any("`ddgan-hellinger-T1` lacks seed(s) [3]" in n for n in analysis.notes)
+
+
+def test_equal_nfe_contrasts_and_detectable_differences():
+    summary = study({("ns", 1): 100.0, ("ns", 2): 90.0, ("tv", 2): 90.0}, ddpm={1: 300.0, 2: 150.0, 10: 80.0})
+    claims, analysis, best = run(summary)
+    nfe = {n: c for n, c in claims.items() if c.kind == "ddgan_vs_ddpm_at_equal_nfe"}
+    assert set(nfe) == {"ns T=1 vs ddpm-ddim-S1 (NFE 1)", "ns T=2 vs ddpm-ddim-S2 (NFE 2)"}  # S=10 meets no T
+    assert all(c.verdict == RESOLVED for c in nfe.values())
+    # detectable difference: power 0.8 at Holm's first step, from the contrast's own se and df
+    c = claims["tv vs ns at T=2"]
+    level = 0.05 / analysis.m
+    crit = stats.t.ppf(1 - level / 2, c.estimate.df)
+    ncp = c.detectable / c.estimate.se
+    assert stats.nct.sf(crit, c.estimate.df, ncp) + stats.nct.cdf(-crit, c.estimate.df, ncp) == pytest.approx(0.8)
+    frame = claims_frame(analysis)
+    assert list(frame.columns[:4]) == ["contrast", "kind", "a", "b"] and len(frame) == len(analysis.claims)
+    text = "\n".join(claims_section(analysis, best, M, "min"))
+    assert "ns T=2 vs ddpm-ddim-S2 (NFE 2) (ms/image 2 vs 2)" in text and "detectable (power 0.8)" in text
+    assert "**resolved**: ns, T=2 is better" in text
+
+
+def test_explicit_contrasts_and_cells_without_data():
+    summary = study({("ns", 1): 100.0, ("ns", 2): 95.0, ("ns", 4): 90.0, ("hellinger", 4): 90.0}, noise=1.0)
+    plan = ContrastPlan((
+        Planned("T 2 and 4 vs T 1 (ns)", "T_at_equal_images", ("ddgan-ns-T2", "ddgan-ns-T4"), ("ddgan-ns-T1",)),
+        Planned("rkl vs ns at T=4", "objective_at_T", ("ddgan-rkl-T4",), ("ddgan-ns-T4",)),
+    ), "test")
+    claims, analysis, best = run(summary, plan=plan)
+    avg = claims["T 2 and 4 vs T 1 (ns)"]
+    wide = summary.pivot(index="seed", columns="cell", values=M)
+    expected = ((wide["ddgan-ns-T2"] + wide["ddgan-ns-T4"]) / 2 - wide["ddgan-ns-T1"]).mean()
+    assert avg.estimate.estimate == pytest.approx(expected) and avg.verdict == RESOLVED
+    assert claims["rkl vs ns at T=4"].verdict == NO_DATA and analysis.m == 1
+    # the study fit pools only the cells that planned contrasts name (hellinger T=4 is not one)
+    assert analysis.cells == ["ddgan-ns-T2", "ddgan-ns-T4", "ddgan-ns-T1"]
+
+
+def test_unequal_scatter_is_flagged_under_the_pooled_fit():
+    summary = study({("ns", 1): 100.0, ("hellinger", 1): 100.0, ("tv", 1): 100.0}, noise=1.0)
+    noisy = summary["cell"] == "ddgan-tv-T1"
+    summary.loc[noisy, M] += 40 * np.random.default_rng(9).standard_normal(int(noisy.sum()))
+    _, analysis, _ = run(summary)
+    assert any("scatter over seeds differs between cells" in n and "ddgan-tv-T1" in n for n in analysis.notes)
+    plan = ContrastPlan(tuple(default_contrasts(infos(summary))), "test", variance="contrast")
+    _, analysis, _ = run(summary, plan=plan)
+    assert not any("scatter differs" in n for n in analysis.notes)
+
+
+def test_no_study_no_claims():
+    best = pd.DataFrame()
+    plan = ContrastPlan((), "none")
+    analysis = analyse(pd.DataFrame(columns=[M]), best, M, plan)
+    assert analysis.claims == [] and claims_section(analysis, best, M, "min") == []

@@ -12,6 +12,8 @@ import pandas as pd
 
 from ddgan.errors import UsageError
 from study.report import figures as fig
+from study.report.claims import analyse, claims_frame
+from study.report.contrasts import study_plan
 from study.report.data import StudyRuns, load_study, pick_study, protocol_rows, provenance
 from study.report.markdown import render
 from study.report.tables import (
@@ -170,13 +172,16 @@ def build_report(mlflow_uri: str, study: str | None, out: str | Path | None = No
     report.missing = missing_notes(runs, best)
     runs.summary.to_csv(out / "summary.csv", index=False)
     best.to_csv(out / "best_by_cell.csv", index=False)
+    analysis = analyse(runs.summary, best, runs.metric, study_plan(runs.parent["tags"].get("grid"), best))
+    claims_frame(analysis).to_csv(out / "claims.csv", index=False)
     figures = make_figures(runs, best, speed, out, report.missing)
     generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     command = report_command or f"python -m study.report --study {study}"
     discussion_file = out / "discussion.md"
     discussion = discussion_file.read_text() if discussion_file.is_file() else None
-    text = render(runs, best, speed, speed_reference(best), figures, report.missing, generated, command, discussion)
+    text = render(runs, best, speed, speed_reference(best), figures, report.missing, generated, command, discussion,
+                  analysis)
     (out / "REPORT.md").write_text(text)
-    report.files = [out / "summary.csv", out / "best_by_cell.csv", out / "REPORT.md"]
+    report.files = [out / "summary.csv", out / "best_by_cell.csv", out / "claims.csv", out / "REPORT.md"]
     report.files += [out / name for name in figures.values() if name]
     return report

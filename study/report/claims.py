@@ -1,178 +1,277 @@
-"""The study's claims, each decided by its 95% intervals over seeds (pure functions of best_by_cell).
+"""The study's claims: its planned contrasts, each tested on the seed-blocked fit y ~ cell + seed.
 
-A claim compares two cells on the same metric. It is **resolved** when the two intervals do not
-overlap (the better cell's whole interval lies on the better side of the other's), **not
-resolved at this scale** when they overlap, and has **no interval** when a cell has fewer than
-two seeds. The claims a report makes:
+Pure functions of the summary frame (one row per trial), best_by_cell and a `ContrastPlan`
+(study/report/contrasts.py); the statistics are study/report/stats.py. For each planned
+contrast (mean over cells a minus mean over cells b, on the study's metric):
 
-  * best objective at each T, and overall: the best loss against each other loss;
-  * effect of T, per objective: its smallest T against its best T (and against its largest);
-  * DDGAN against DDPM at equal training images: the best DDGAN cell against the best DDPM
-    cell on the same metric (the images seen of both are printed: equal or not);
-  * DDGAN against DDPM at equal sampling time: the best DDGAN cell against the best DDPM cell
-    that samples no slower than it (or, if none does, the fastest DDPM cell, said so).
+  * the values: per cell, its completed trials at the cell's best learning rate, one per seed;
+  * the difference and its 95% t-interval from the least-squares fit of y ~ cell + seed, over
+    the cells of every planned contrast ("study" variance, pooled) or over the contrast's own
+    cells ("contrast": a two-cell contrast is the paired t-test); seeds missing in a cell are
+    left out by the fit, not imputed;
+  * a two-sided p, Holm-adjusted over the planned contrasts that have one;
+  * **resolved** when the Holm-adjusted p < alpha, never from overlapping intervals;
+  * the smallest difference a test at alpha / m (Holm's first step) detects with the plan's
+    power, from the noncentral t with the contrast's standard error and df.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 
+import numpy as np
 import pandas as pd
 
-from study.report.tables import MS, cell_label, fmt, fmt_interval
+from study.report.contrasts import KIND_TITLES, ContrastPlan, Planned
+from study.report.stats import (
+    ContrastEstimate,
+    contrast_weights,
+    detectable_difference,
+    estimate_contrast,
+    fit_additive,
+    holm,
+    seed_block_test,
+)
+from study.report.tables import MS, cell_label, duplicated_by_sampling_cell, fmt, markdown_table
 
-RESOLVED, UNRESOLVED, NO_INTERVAL = "resolved", "not resolved at this scale", "no interval (fewer than 2 seeds)"
+RESOLVED, UNRESOLVED = "resolved", "not resolved at this scale"
+NO_INTERVAL, NO_DATA, NOT_IN_DESIGN = "no interval", "no data", "not in this design"
+UNEQUAL_SCATTER = 3.0  # largest / smallest per-cell SD over seeds above which a pooled fit is flagged
 
 
 @dataclass(frozen=True)
 class Claim:
-    topic: str
-    statement: str
-    verdict: str  # RESOLVED | UNRESOLVED | NO_INTERVAL
+    name: str
+    kind: str
+    verdict: str
+    estimate: ContrastEstimate | None = None
+    p_holm: float = math.nan
+    detectable: float = math.nan
+    statement: str = ""  # which side is better (resolved), or why there is no test
 
 
-def verdict(better: pd.Series, worse: pd.Series, metric: str, mode: str) -> str:
-    """Whether `better`'s interval lies wholly on the better side of `worse`'s."""
-    lo_b, hi_b = better[f"{metric}_ci_low"], better[f"{metric}_ci_high"]
-    lo_w, hi_w = worse[f"{metric}_ci_low"], worse[f"{metric}_ci_high"]
-    if any(pd.isna(v) for v in (lo_b, hi_b, lo_w, hi_w)):
-        return NO_INTERVAL
-    apart = hi_b < lo_w if mode == "min" else lo_b > hi_w
-    return RESOLVED if apart else UNRESOLVED
+@dataclass
+class Analysis:
+    plan: ContrastPlan
+    claims: list[Claim]
+    cells: list[str]  # the analysed cells (named by a planned contrast and with values)
+    seeds: list[int]
+    residual_sd: float = math.nan
+    df: int = 0
+    seed_test: tuple[float, int, int, float] = (math.nan, 0, 0, math.nan)
+    m: int = 0  # contrasts with a p-value (Holm's family)
+    notes: list[str] = field(default_factory=list)
 
 
-def _scored(best: pd.DataFrame, metric: str) -> pd.DataFrame:
-    return best[best[f"{metric}_mean"].notna()]
+def seed_values(summary: pd.DataFrame, best: pd.DataFrame, metric: str) -> tuple[dict[str, dict[int, float]], list[str]]:
+    """Per analysable cell, seed -> the metric of its completed trial at the cell's best lr; and notes."""
+    values, notes, chosen = {}, [], []
+    if best.empty or f"{metric}_mean" not in best or metric not in summary:
+        return values, notes
+    rows = best[~duplicated_by_sampling_cell(best) & best[f"{metric}_mean"].notna() & (best["basis"] == "completed")]
+    for _, row in rows.iterrows():
+        trials = summary[(summary["cell"] == row["cell"]) & (summary["status"] == "completed")
+                         & summary[metric].notna()]
+        if trials["lr"].nunique() > 1:
+            chosen.append(row["cell"])
+        trials = trials[trials["lr"] == row["best_lr"]]
+        values[row["cell"]] = {int(s): float(v) for s, v in trials.groupby("seed")[metric].mean().items()}
+    if chosen:
+        notes.append(f"the learning rate of {', '.join(f'`{c}`' for c in chosen)} was chosen on the same seeds "
+                     "(the best mean of several): differences involving these cells lean in their favour")
+    return values, notes
 
 
-def _order(frame: pd.DataFrame, metric: str, mode: str) -> pd.DataFrame:
-    return frame.sort_values(f"{metric}_mean", ascending=mode == "min", kind="stable")
+def _matrix(values: dict[str, dict[int, float]], cells: list[str], seeds: list[int]) -> np.ndarray:
+    return np.array([[values.get(c, {}).get(s, math.nan) for s in seeds] for c in cells], dtype=float)
 
 
-def _v(row: pd.Series, metric: str) -> str:
-    return fmt_interval(row[f"{metric}_mean"], row[f"{metric}_ci_low"], row[f"{metric}_ci_high"]) or "?"
+def analyse(summary: pd.DataFrame, best: pd.DataFrame, metric: str, plan: ContrastPlan) -> Analysis:
+    """Every planned contrast of `plan`, tested (see the module docstring)."""
+    values, notes = seed_values(summary, best, metric)
+    planned = [p for p in plan.contrasts if p.absent is None]
+    cells = list(dict.fromkeys(c for p in planned for c in (*p.a, *p.b) if c in values))
+    seeds = sorted({s for c in cells for s in values[c]})
+    study_fit = fit_additive(_matrix(values, cells, seeds), cells, seeds)
+    estimates: list[ContrastEstimate | None] = []
+    for p in planned:
+        if any(c not in values for c in (*p.a, *p.b)):
+            estimates.append(None)
+            continue
+        fit = study_fit
+        if plan.variance == "contrast":
+            own = [*p.a, *p.b]
+            fit = fit_additive(_matrix(values, own, seeds), own, seeds)
+        estimates.append(estimate_contrast(fit, contrast_weights(p.a, p.b)))
+    pvalues = [e.p if e is not None else math.nan for e in estimates]
+    adjusted = holm(pvalues)
+    m = int(np.isfinite(pvalues).sum())
+    level = plan.alpha / max(m, 1)  # Holm's first step
+    claims = [_claim(p, e, q, level, plan, values) for p, e, q in zip(planned, estimates, adjusted, strict=True)]
+    claims += [Claim(p.name, p.kind, NOT_IN_DESIGN, statement=p.absent or "") for p in plan.contrasts if p.absent]
+    notes += _missing_seed_notes(values, cells, seeds) + _scatter_notes(values, cells, plan)
+    sd = math.sqrt(study_fit.residual_var) if math.isfinite(study_fit.residual_var) else math.nan
+    return Analysis(plan, claims, cells, seeds, sd, study_fit.df, seed_block_test(study_fit), m, notes)
 
 
-def _against(top: pd.Series, others: pd.DataFrame, metric: str, mode: str) -> tuple[str, str]:
-    """(text of each comparison, overall verdict) of `top` against every row of `others`."""
-    parts, verdicts = [], []
-    for _, other in others.iterrows():
-        v = verdict(top, other, metric, mode)
-        verdicts.append(v)
-        parts.append(f"{cell_label(other)} {_v(other, metric)}: {v}")
-    if not verdicts:
-        return "", NO_INTERVAL
-    if all(v == RESOLVED for v in verdicts):
-        overall = RESOLVED
-    elif UNRESOLVED in verdicts:  # one overlap settles it, whatever lacks an interval
-        overall = UNRESOLVED
+def _claim(p: Planned, e: ContrastEstimate | None, p_holm: float, level: float, plan: ContrastPlan,
+           values: dict[str, dict[int, float]]) -> Claim:
+    if e is None:
+        absent = [c for c in (*p.a, *p.b) if c not in values]
+        return Claim(p.name, p.kind, NO_DATA, statement=f"no completed values on the study's metric for "
+                                                         f"{', '.join(f'`{c}`' for c in absent)}")
+    if not e.has_interval or not math.isfinite(e.p):
+        return Claim(p.name, p.kind, NO_INTERVAL, e, statement="too few seeds for a residual variance")
+    detectable = detectable_difference(e.se, e.df, level, plan.power)
+    if p_holm < plan.alpha:
+        return Claim(p.name, p.kind, RESOLVED, e, p_holm, detectable)
+    return Claim(p.name, p.kind, UNRESOLVED, e, p_holm, detectable)
+
+
+def _missing_seed_notes(values: dict[str, dict[int, float]], cells: list[str], seeds: list[int]) -> list[str]:
+    lacking = [f"`{c}` lacks seed(s) {sorted(set(seeds) - set(values[c]))}" for c in cells
+               if set(values[c]) != set(seeds)]
+    if not lacking:
+        return []
+    return ["incomplete blocks, fitted as they are by least squares (no value imputed; a seed seen in "
+            "one cell of a comparison only adds nothing to it): " + "; ".join(lacking)]
+
+
+def _scatter_notes(values: dict[str, dict[int, float]], cells: list[str], plan: ContrastPlan) -> list[str]:
+    """Flag a pooled fit over cells whose scatter over seeds differs by more than UNEQUAL_SCATTER x.
+    The raw SD over seeds holds the seed effect, common to every cell, so the ratio understates the
+    difference in residual scatter: a flagged design is certainly unequal."""
+    sd = {c: float(np.std(list(values[c].values()), ddof=1)) for c in cells if len(values[c]) >= 3}
+    if plan.variance != "study" or len(sd) < 2 or min(sd.values()) <= 0:
+        return []
+    low, high = min(sd, key=sd.get), max(sd, key=sd.get)
+    if sd[high] / sd[low] <= UNEQUAL_SCATTER:
+        return []
+    return [f"the scatter over seeds differs between cells (SD {fmt(sd[low], 3)} in `{low}`, {fmt(sd[high], 3)} "
+            f"in `{high}`): the pooled residual variance makes intervals too narrow for contrasts of the noisiest "
+            "cells and too wide for the others; `contrasts: {variance: contrast}` in the grid tests each "
+            "contrast on its own cells"]
+
+
+# -- Markdown -------------------------------------------------------------------------------------
+
+
+def _better_side(claim: Claim, mode: str) -> str:
+    lower = claim.estimate.estimate < 0
+    a_better = lower if mode == "min" else not lower
+    return "a" if a_better else "b"
+
+
+def _side_text(cells: tuple[str, ...], best: pd.DataFrame) -> str:
+    labels = []
+    for cell in cells:
+        row = best[best["cell"] == cell]
+        labels.append(cell_label(row.iloc[0]) if len(row) else cell)
+    return labels[0] if len(labels) == 1 else "the mean of " + "; ".join(labels)
+
+
+def _times(planned: Planned, best: pd.DataFrame) -> str:
+    """" (ms/image 2.05 vs 2.5)": the measured sampling time of each side (equal-NFE contrasts)."""
+    sides = []
+    for cells in (planned.a, planned.b):
+        ms = best.loc[best["cell"].isin(cells), MS] if MS in best else pd.Series(dtype=float)
+        sides.append(fmt(ms.mean(), 3) if ms.notna().all() and len(ms) == len(cells) else None)
+    return f" (ms/image {sides[0]} vs {sides[1]})" if all(sides) else ""
+
+
+def _verdict_text(claim: Claim, planned: Planned, best: pd.DataFrame, mode: str) -> str:
+    if claim.verdict != RESOLVED:
+        return claim.verdict
+    side = _better_side(claim, mode)
+    return f"**resolved**: {_side_text(planned.a if side == 'a' else planned.b, best)} is better"
+
+
+def _p(value: float) -> str | None:
+    if not math.isfinite(value):
+        return None
+    return f"{value:.2g}" if value >= 1e-4 else "<1e-4"
+
+
+def _signed(value: float) -> str | None:
+    text = fmt(value, 3)
+    return None if text is None else (text if value < 0 else f"+{text}")
+
+
+def _row(claim: Claim, planned: Planned, best: pd.DataFrame, mode: str) -> list:
+    e = claim.estimate
+    diff = None
+    if e is not None:
+        diff = _signed(e.estimate)
+        if e.has_interval:
+            diff += f" [{_signed(e.low)}, {_signed(e.high)}]"
+    detect = fmt(claim.detectable, 3)
+    name = claim.name + (_times(planned, best) if claim.kind == "ddgan_vs_ddpm_at_equal_nfe" else "")
+    return [name, diff,
+            e.seeds if e is not None else None, _p(e.p) if e is not None else None, _p(claim.p_holm),
+            f"±{detect}" if detect else None, _verdict_text(claim, planned, best, mode)
+            + (f" ({claim.statement})" if claim.statement else "")]
+
+
+def _how(analysis: Analysis, metric: str, mode: str) -> str:
+    plan = analysis.plan
+    fit = ("each contrast's own cells (a two-cell contrast is the paired t-test)" if plan.variance == "contrast"
+           else f"the {len(analysis.cells)} cells of the planned contrasts, pooled")
+    F, df1, df2, p = analysis.seed_test
+    seed = (f" The seed effect (block) over those cells: F({df1}, {df2}) = {F:.3g}, p = {_p(p)}."
+            if math.isfinite(F) else "")
+    better = "lower" if mode == "min" else "higher"
+    return (f"Each planned contrast is the mean of `{metric}` over its cells a minus that over its cells b "
+            f"({better} is better), estimated from the fit y ~ cell + seed: every cell trains with the same "
+            f"seeds {analysis.seeds}, and a seed fixes both the initial weights and the data order, so the seed "
+            f"is a block and cells are compared within seeds. Residual variance from {fit}: residual SD "
+            f"{fmt(analysis.residual_sd, 3) or '–'} on {analysis.df} df.{seed} 95% t-intervals; p two-sided, "
+            f"Holm-adjusted over the {analysis.m} planned contrasts that have one; **resolved** when the Holm p "
+            f"< {plan.alpha:g}. \"Detectable\": the smallest difference a test at {plan.alpha:g}/{max(analysis.m, 1)} "
+            f"(Holm's first step) detects with power {plan.power:g}, given this residual SD (noncentral t). "
+            f"Contrasts: {plan.source}. Per-cell means and intervals are in the tables below.")
+
+
+def claims_section(analysis: Analysis | None, best: pd.DataFrame, metric: str, mode: str) -> list[str]:
+    if analysis is None or not analysis.claims:
+        return []
+    by_name = {p.name: p for p in analysis.plan.contrasts}
+    tested = [c for c in analysis.claims if c.verdict != NOT_IN_DESIGN]
+    resolved = [c for c in tested if c.verdict == RESOLVED]
+    lines = ["## Claims: the planned contrasts", ""]
+    if resolved:
+        lines.append("Resolved: " + "; ".join(
+            f"{c.name} ({_signed(c.estimate.estimate)} [{_signed(c.estimate.low)}, {_signed(c.estimate.high)}], "
+            f"Holm p {_p(c.p_holm)}, detectable ±{fmt(c.detectable, 3)})" for c in resolved) + ".")
     else:
-        overall = NO_INTERVAL
-    return "; ".join(parts), overall
+        lines.append("No planned contrast resolves at this scale.")
+    lines += ["", _how(analysis, metric, mode), ""]
+    for kind, title in KIND_TITLES.items():
+        group = [c for c in tested if c.kind == kind]
+        if group:
+            rows = [_row(c, by_name[c.name], best, mode) for c in group]
+            lines += [f"**{title[0].upper() + title[1:]}**", "",
+                      markdown_table(["contrast (a − b)", "difference a − b [95% interval]", "seeds", "p", "Holm p",
+                                      f"detectable (power {analysis.plan.power:g})", "verdict"], rows, {1, 2, 3, 4, 5}),
+                      ""]
+    absent = [c for c in analysis.claims if c.verdict == NOT_IN_DESIGN]
+    if absent:
+        lines += ["Not tested:", "", *[f"- {c.name}: {c.statement}." for c in absent], ""]
+    if analysis.notes:
+        lines += ["Notes:", "", *[f"- {note}." for note in analysis.notes], ""]
+    return lines
 
 
-def objective_claims(best: pd.DataFrame, metric: str, mode: str) -> list[Claim]:
-    ddgan = _scored(best[best["method"] == "ddgan"], metric)
-    claims = []
-    for T, group in ddgan.groupby("T", sort=True):
-        ranked = _order(group, metric, mode)
-        if len(ranked) < 2:
-            continue
-        top = ranked.iloc[0]
-        text, overall = _against(top, ranked.iloc[1:], metric, mode)
-        claims.append(Claim(f"best objective at T={T}",
-                            f"{top['loss']} {_v(top, metric)} is best; against {text}", overall))
-    per_loss = _order(ddgan, metric, mode).drop_duplicates("loss")
-    if len(per_loss) >= 2:
-        top = per_loss.iloc[0]
-        text, overall = _against(top, per_loss.iloc[1:], metric, mode)
-        claims.append(Claim("best objective overall (each at its best T)",
-                            f"{cell_label(top)} {_v(top, metric)} is best; against {text}", overall))
-    return claims
-
-
-def t_claims(best: pd.DataFrame, metric: str, mode: str) -> list[Claim]:
-    ddgan = _scored(best[best["method"] == "ddgan"], metric)
-    claims = []
-    for loss, group in ddgan.groupby("loss", sort=False):
-        if group["T"].nunique() < 2:
-            continue
-        by_t = group.sort_values("T")
-        smallest, largest = by_t.iloc[0], by_t.iloc[-1]
-        top = _order(group, metric, mode).iloc[0]
-        if top["T"] == smallest["T"]:
-            text, overall = _against(top, by_t.iloc[1:], metric, mode)
-            claims.append(Claim(f"effect of T ({loss})", f"T={top['T']} {_v(top, metric)} (the smallest T) is "
-                                f"best; against {text}", overall))
-            continue
-        v = verdict(top, smallest, metric, mode)
-        text = f"T={top['T']} {_v(top, metric)} is better than T={smallest['T']} {_v(smallest, metric)}: {v}"
-        if top["T"] != largest["T"]:
-            text += (f"; T={largest['T']} {_v(largest, metric)} against T={top['T']}: "
-                     f"{verdict(top, largest, metric, mode)}")
-        claims.append(Claim(f"effect of T ({loss})", text, v))
-    return claims
-
-
-def _images(row: pd.Series) -> str:
-    value = row.get("images_seen")
-    return f"{int(value):,} images" if value is not None and not pd.isna(value) else "images ?"
-
-
-def ddpm_claims(best: pd.DataFrame, metric: str, mode: str) -> list[Claim]:
-    ddgan = _order(_scored(best[best["method"] == "ddgan"], metric), metric, mode)
-    ddpm = _order(_scored(best[best["method"] == "ddpm"], metric), metric, mode)
-    with_interval = ddpm[ddpm[f"{metric}_ci_low"].notna()]
-    ddpm = with_interval if len(with_interval) else ddpm  # a one-seed cell cannot resolve anything
-    if ddgan.empty or ddpm.empty:
-        return []
-    g, d = ddgan.iloc[0], ddpm.iloc[0]
-    winner, loser = (g, d) if _better(g, d, metric, mode) else (d, g)
-    images = (g.get("images_seen"), d.get("images_seen"))
-    if any(v is None or pd.isna(v) for v in images):
-        topic = "DDGAN vs DDPM (training images not recorded)"
-    else:
-        topic = "DDGAN vs DDPM at equal training images" if images[0] == images[1] else \
-            "DDGAN vs DDPM (UNEQUAL training images)"
-    claims = [Claim(topic,
-                    f"best DDGAN {cell_label(g)} {_v(g, metric)} ({_images(g)}) against best DDPM {cell_label(d)} "
-                    f"{_v(d, metric)} ({_images(d)}): {cell_label(winner)} is better",
-                    verdict(winner, loser, metric, mode))]
-    ms = g.get(MS)
-    if ms is not None and not pd.isna(ms):
-        timed = ddpm[ddpm[MS].notna()]
-        no_slower = timed[timed[MS] <= ms]
-        note = "samples no slower"
-        if no_slower.empty and len(timed):
-            no_slower, note = timed.sort_values(MS).head(1), "is the fastest DDPM cell, and still slower"
-        if len(no_slower):
-            d = no_slower.iloc[0]
-            winner, loser = (g, d) if _better(g, d, metric, mode) else (d, g)
-            claims.append(Claim("DDGAN vs DDPM at equal sampling time",
-                                f"best DDGAN {cell_label(g)} {_v(g, metric)} at {fmt(ms, 3)} ms/image against "
-                                f"DDPM {cell_label(d)} {_v(d, metric)} at {fmt(d[MS], 3)} ms/image (it {note}): "
-                                f"{cell_label(winner)} is better", verdict(winner, loser, metric, mode)))
-    return claims
-
-
-def _better(a: pd.Series, b: pd.Series, metric: str, mode: str) -> bool:
-    x, y = a[f"{metric}_mean"], b[f"{metric}_mean"]
-    return bool(x < y) if mode == "min" else bool(x > y)
-
-
-def study_claims(best: pd.DataFrame, metric: str, mode: str) -> list[Claim]:
-    if best.empty or f"{metric}_mean" not in best:
-        return []
-    return objective_claims(best, metric, mode) + t_claims(best, metric, mode) + ddpm_claims(best, metric, mode)
-
-
-def claims_section(best: pd.DataFrame, metric: str, mode: str) -> list[str]:
-    claims = study_claims(best, metric, mode)
-    if not claims:
-        return []
-    lines = ["## Claims and their intervals", "",
-             f"Each claim compares cells on `{metric}` (mean and 95% interval over seeds). **Resolved**: the "
-             "intervals do not overlap; **not resolved at this scale**: they overlap; no interval: a cell has "
-             "fewer than two seeds. Generated from best_by_cell.csv.", ""]
-    lines += [f"- **{c.topic}: {c.verdict}.** {c.statement}." for c in claims]
-    return lines + [""]
+def claims_frame(analysis: Analysis) -> pd.DataFrame:
+    """One row per planned contrast (claims.csv): the numbers behind the claims section."""
+    by_name = {p.name: p for p in analysis.plan.contrasts}
+    rows = []
+    for c in analysis.claims:
+        e = c.estimate
+        rows.append({"contrast": c.name, "kind": c.kind, "a": " ".join(by_name[c.name].a),
+                     "b": " ".join(by_name[c.name].b), "difference": e.estimate if e else math.nan,
+                     "ci_low": e.low if e else math.nan, "ci_high": e.high if e else math.nan,
+                     "se": e.se if e else math.nan, "df": e.df if e else 0, "seeds": e.seeds if e else 0,
+                     "p": e.p if e else math.nan, "p_holm": c.p_holm, "detectable": c.detectable,
+                     "verdict": c.verdict, "note": c.statement})
+    return pd.DataFrame(rows)

@@ -8,7 +8,7 @@ from typing import Any
 
 import pandas as pd
 
-from study.report.claims import claims_section
+from study.report.claims import Analysis, claims_section
 from study.report.data import StudyRuns, protocol_rows, provenance
 from study.report.tables import MS, NFE, cell_label, fmt, fmt_interval, markdown_table
 
@@ -133,6 +133,15 @@ def extra_metrics(best: pd.DataFrame, metric: str) -> list[str]:
             if c.startswith("eval/") and c.endswith("_mean") and c != _m(metric)]
 
 
+def single_trial_metrics(best: pd.DataFrame) -> list[str]:
+    """Metrics that only some trials of a cell have (`<name>_trials`): shown as single values."""
+    return [c.removesuffix("_trials") for c in best.columns if c.startswith("eval/") and c.endswith("_trials")]
+
+
+def _single_headers(names: list[str]) -> list[str]:
+    return [f"{name} of single trials (not a cell mean)" for name in names]
+
+
 def ddgan_tables(best: pd.DataFrame, metric: str) -> list[str]:
     rows = best[best["method"] == "ddgan"]
     if rows.empty:
@@ -142,14 +151,19 @@ def ddgan_tables(best: pd.DataFrame, metric: str) -> list[str]:
     for loss, part in rows.groupby("loss", sort=False):
         by_t = {r["T"]: fmt(r[_m(metric)]) for _, r in part.iterrows()}
         pivot.append([loss] + [by_t.get(t) for t in ts])
-    extra = extra_metrics(best, metric)
+    extra, single = extra_metrics(best, metric), single_trial_metrics(best)
     detail = [[r["loss"], r["T"], fmt(r["best_lr"], 3), r["seeds"], _value(r, metric),
-               *[fmt(r[_m(e)]) for e in extra], fmt(r[MS], 3), _trials_cell(r), r["lrs_tried"] or None,
-               r["basis"]] for _, r in rows.iterrows()]
+               *[fmt(r[_m(e)]) for e in extra], *[_text(r.get(f"{s}_trials")) for s in single], fmt(r[MS], 3),
+               _trials_cell(r), r["lrs_tried"] or None, r["basis"]] for _, r in rows.iterrows()]
     return ["## DDGAN: best learning rate per cell", "", f"`{metric}` of the best learning rate, loss x T:", "",
             markdown_table(["loss"] + [f"T={t}" for t in ts], pivot, set(range(1, len(ts) + 1))), "",
-            markdown_table(["loss", "T", "best lr", "seeds", metric, *extra, "ms/image", "trials c/p/f/u",
-                            "mean by lr", "basis"], detail, set(range(1, 6 + len(extra)))), ""]
+            markdown_table(["loss", "T", "best lr", "seeds", metric, *extra, *_single_headers(single), "ms/image",
+                            "trials c/p/f/u", "mean by lr", "basis"], detail,
+                           {*range(1, 5 + len(extra)), 5 + len(extra) + len(single)}), ""]
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
 
 
 def _trials_cell(row: pd.Series) -> str:
@@ -166,15 +180,16 @@ def ddpm_table(best: pd.DataFrame, metric: str) -> list[str]:
     rows = best[best["method"] == "ddpm"]
     if rows.empty:
         return ["## DDPM baseline", "", "No DDPM cell in this study.", ""]
-    extra = extra_metrics(best, metric)
+    extra, single = extra_metrics(best, metric), single_trial_metrics(best)
     table = [[r["T"], _sampler_text(r), r["sampling_steps"], fmt(r["best_lr"], 3), _value(r, metric),
-              *[fmt(r[_m(e)]) for e in extra], fmt(r[MS], 3), _trials_cell(r), r["basis"]]
-             for _, r in rows.iterrows()]
+              *[fmt(r[_m(e)]) for e in extra], *[_text(r.get(f"{s}_trials")) for s in single], fmt(r[MS], 3),
+              _trials_cell(r), r["basis"]] for _, r in rows.iterrows()]
     return ["## DDPM baseline", "", "One model per T sampled with all its steps, and one trained model sampled "
             "with S respaced steps (ancestral and DDIM); same network preset, data and metric as DDGAN. A model "
             "that is evaluated with S < T steps while it trains shows that sampler and S.", "",
-            markdown_table(["model T", "sampler", "steps S (NFE)", "lr", metric, *extra, "ms/image",
-                            "trials c/p/f/u", "basis"], table, {0, *range(2, 6 + len(extra))}), ""]
+            markdown_table(["model T", "sampler", "steps S (NFE)", "lr", metric, *extra, *_single_headers(single),
+                            "ms/image", "trials c/p/f/u", "basis"], table,
+                           {0, *range(2, 5 + len(extra)), 5 + len(extra) + len(single)}), ""]
 
 
 def speed_section(speed: pd.DataFrame, best: pd.DataFrame, metric: str, reference: dict[str, dict]) -> list[str]:
@@ -254,10 +269,10 @@ def discussion_section(text: str | None) -> list[str]:
 
 def render(runs: StudyRuns, best: pd.DataFrame, speed: pd.DataFrame, reference: dict[str, dict[str, Any]],
            figures: dict[str, str | None], notes: list[str], generated: str, report_command: str,
-           discussion: str | None = None) -> str:
+           discussion: str | None = None, analysis: Analysis | None = None) -> str:
     lines = header(runs, generated, report_command)
+    lines += claims_section(analysis, best, runs.metric, runs.mode)  # first: what the study resolves
     lines += at_a_glance(runs, best, speed)
-    lines += claims_section(best, runs.metric, runs.mode)
     lines += discussion_section(discussion)
     lines += missing_section(notes)
     lines += ddgan_tables(best, runs.metric) + ddpm_table(best, runs.metric)

@@ -191,7 +191,8 @@ def power_two_sided(difference: float, se: float, df: int, alpha: float) -> floa
     `difference` (noncentral t with noncentrality difference / se)."""
     critical = stats.t.ppf(1 - alpha / 2, df)
     ncp = difference / se
-    return float(stats.nct.sf(critical, df, ncp) + stats.nct.cdf(-critical, df, ncp))
+    # the lower tail P(T < -c) as sf(c) at -ncp: scipy's nct.cdf far in the tail returns NaN
+    return float(stats.nct.sf(critical, df, ncp) + stats.nct.sf(critical, df, -ncp))
 
 
 def detectable_difference(se: float, df: int, alpha: float, power: float = 0.8) -> float:

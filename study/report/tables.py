@@ -5,6 +5,9 @@ hand-made frames. Conventions:
   * a cell's best learning rate is the one whose completed trials have the best mean
     metric (mean over seeds); its 95% interval is mean +- t_{0.975, n-1} s / sqrt(n)
     over those seeds (no interval with one seed);
+  * another metric (e.g. an Inception FID of the winners only) is a cell mean only when every
+    seed of the best learning rate has it; otherwise its single values are listed with their
+    seeds (`<name>_trials`), never printed as the cell's number;
   * a cell with no completed trial falls back to the last values of its unfinished or
     pruned trials, marked `basis = partial` (the numbers are not final);
   * the sampling speed-up is measured against DDPM with T = 1000 sampled with all 1000
@@ -107,9 +110,23 @@ def cell_best(group: pd.DataFrame, metric: str, mode: str) -> dict[str, Any]:
                    best_run_id=best["run_id"], **{f"{metric}_mean": mean, f"{metric}_ci_low": low,
                                                   f"{metric}_ci_high": high})
         for column in [c for c in group.columns if c.startswith("eval/") and c != metric]:
-            row[column if column in (MS, NFE) else f"{column}_mean"] = chosen[column].mean()
+            row.update(_other_metric(chosen, column))
     row.update(_counts(group))
     return row
+
+
+def _other_metric(chosen: pd.DataFrame, column: str) -> dict[str, Any]:
+    """Another eval column of a cell: its mean over seeds when every seed has it (`<name>_mean`);
+    when only some trials have it (e.g. a final Inception FID of the cell's best trial), the single
+    values with their seeds (`<name>_trials`, text): one model's number is not a cell mean."""
+    values = chosen[column]
+    if column in (MS, NFE) or values.notna().all():
+        return {column if column in (MS, NFE) else f"{column}_mean": values.mean()}
+    present = chosen[values.notna()]
+    if present.empty:
+        return {}
+    return {f"{column}_trials": "; ".join(f"{fmt(v)} (seed {s})" for s, v in zip(present["seed"], present[column],
+                                                                                   strict=True))}
 
 
 def best_by_cell(summary: pd.DataFrame, metric: str, mode: str) -> pd.DataFrame:
