@@ -9,7 +9,8 @@ import yaml
 
 from ddgan.config import Config
 from ddgan.errors import ConfigError, UsageError
-from study.grid import GRID_DIR, expand, grid_names, load_grid, load_plan
+from study.grid import GRID_DIR, expand, grid_cells, grid_names, load_grid, load_plan
+from study.report.contrasts import plan_from_grid
 
 BASE = {
     "name": "g",
@@ -141,6 +142,18 @@ BAD = [
     ("respaced S above T", {"ddpm": {"lr": [1e-4], "respaced": {"T": 10, "steps": [20]}}}, "respaced.steps"),
     ("bad override", {"overrides": ["train.lrr=1"]}, "valid keys"),
     ("missing base", {"base": {"ddgan": "nope.yaml"}}, "not found"),
+    ("contrast of an unknown cell", {"contrasts": {"planned": [{"name": "x", "a": ["ddgan-kl-T1"], "b": ["ddgan-ns-T1"]}]}},
+     "'x' names no cell of this grid: ['ddgan-kl-T1'] (cells: ddgan-ns-T1, ddgan-ns-T4, ddgan-tv-T1, ddgan-tv-T4)"),
+    ("contrast cell on both sides", {"contrasts": {"planned": [
+        {"name": "x", "a": ["ddgan-ns-T1", "ddgan-tv-T1"], "b": ["ddgan-ns-T1"]}]}}, "are on both sides"),
+    ("contrast names repeated", {"contrasts": {"planned": [{"name": "x", "a": ["ddgan-ns-T1"], "b": ["ddgan-tv-T1"]},
+                                                           {"name": "x", "a": ["ddgan-ns-T4"], "b": ["ddgan-tv-T4"]}]}},
+     "must be unique"),
+    ("contrast key typo", {"contrasts": {"planned": [{"name": "x", "a": ["ddgan-ns-T1"], "bb": ["ddgan-tv-T1"]}]}},
+     "contrasts.planned.0.b: Field required"),
+    ("contrast variance", {"contrasts": {"variance": "welch"}}, "contrasts.variance"),
+    ("contrast kind", {"contrasts": {"planned": [{"name": "x", "kind": "best", "a": ["ddgan-ns-T1"],
+                                                  "b": ["ddgan-tv-T1"]}]}}, "contrasts.planned.0.kind"),
 ]
 
 
@@ -169,3 +182,35 @@ def test_fingerprint_changes_with_the_grid(tmp_path):
     b = expand(*load_grid(str(write_grid(tmp_path, ddgan={"losses": ["ns"], "T": [1], "lr": [1e-4]}))))
     assert a.fingerprint() == expand(*load_grid(str(write_grid(tmp_path)))).fingerprint()
     assert a.fingerprint() != b.fingerprint()
+
+
+def test_grid_cells_are_the_cells_expand_makes():
+    for name in grid_names():
+        plan = load_plan(name)
+        assert sorted(grid_cells(plan.grid)) == sorted(plan.cells()), name
+
+
+def test_contrasts_default_from_the_axes_and_explicit_ones_are_kept(tmp_path):
+    cpu = plan_from_grid(load_grid("cpu")[0], "cpu")
+    names = {c.name: c for c in cpu.contrasts}
+    assert (cpu.variance, cpu.alpha, cpu.power) == ("study", 0.05, 0.8)
+    assert {"hellinger vs ns at T=1", "tv vs ns at T=4", "rkl: T=4 vs T=1, equal images"} <= set(names)
+    assert "1/T of the updates" in names["T at equal updates per denoising step"].absent
+    assert "DDPM is sampled with NFE [10, 100, 1000]" in names["DDGAN vs DDPM at equal NFE"].absent  # no S <= 4
+    full = {c.name: c for c in plan_from_grid(load_grid("full")[0], "full").contrasts}
+    assert {n for n in full if "(NFE 10)" in n} == {f"ns T=10 vs {c} (NFE 10)" for c in
+                                                     ("ddpm-T10", "ddpm-ancestral-S10", "ddpm-ddim-S10")}
+    planned = [{"name": "T 4 vs 1, both objectives", "kind": "T_at_equal_images",
+                "a": ["ddgan-ns-T4", "ddgan-tv-T4"], "b": ["ddgan-ns-T1", "ddgan-tv-T1"]}]
+    path = write_grid(tmp_path, contrasts={"variance": "contrast", "planned": planned})
+    grid, _ = load_grid(str(path))
+    plan = plan_from_grid(grid, "g")
+    first = plan.contrasts[0]
+    assert (first.name, first.a, first.b, first.absent) == (planned[0]["name"], ("ddgan-ns-T4", "ddgan-tv-T4"),
+                                                           ("ddgan-ns-T1", "ddgan-tv-T1"), None)
+    assert plan.variance == "contrast" and "contrasts.planned" in plan.source
+    assert {c.kind for c in plan.contrasts[1:]} == {"objective_at_T", "T_at_equal_updates",
+                                                    "ddgan_vs_ddpm_at_equal_nfe"}
+    assert all(c.absent == "not planned in this grid's `contrasts:`" for c in plan.contrasts[1:])
+    # the analysis plan is not the trial plan: a study resumes after its contrasts change
+    assert expand(grid, path).fingerprint() == expand(*load_grid(str(write_grid(tmp_path)))).fingerprint()
