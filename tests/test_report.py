@@ -193,3 +193,23 @@ def test_unequal_budgets_are_named():
     summary = pd.DataFrame({"method": ["ddgan", "ddgan", "ddpm", "ddpm"], "phase": ["train", "train", "train", "sample"],
                             "total_steps": [352, 352, 1200, 1200], "batch_size": [64, 64, 64, 64]})
     assert planned_images(summary, "ddgan") == [22_528] and planned_images(summary, "ddpm") == [76_800]
+
+
+def test_one_models_fid_is_not_printed_as_a_cell_mean():
+    """A final Inception FID logged on the cell's best trial only (study.final_fid) is listed with its
+    seed in its own column, never as the mean of a cell whose other seeds lack it."""
+    from study.report.markdown import ddgan_tables
+
+    fid, m = "eval/fid_inception_1k", "eval/fd_fmnist_1k"
+    summary = pd.DataFrame({
+        "trial_key": [f"ddgan-ns-T1-s{s}" for s in range(3)], "cell": "ddgan-ns-T1", "method": "ddgan", "loss": "ns",
+        "T": 1, "sampler": None, "sampling_steps": 1, "preset": "small", "lr": 1e-4, "seed": [0, 1, 2],
+        "status": "completed", m: [10.0, 8.0, 12.0], fid: [math.nan, 81.25, math.nan], "images_seen": 640,
+        "eval/sample_ms_per_image": 1.0, "eval/nfe": 1.0, "run_id": ["r0", "r1", "r2"]})
+    row = best_by_cell(summary, m, "min").iloc[0]
+    assert f"{fid}_mean" not in row.index
+    assert row[f"{fid}_trials"] == "81.25 (seed 1)"
+    table = "\n".join(ddgan_tables(best_by_cell(summary, m, "min"), m))
+    assert f"| {fid} of single trials (not a cell mean) |" in table and "| 81.25 (seed 1) |" in table
+    summary[fid] = [80.0, 81.0, 85.0]  # every seed scored: a cell mean again
+    assert best_by_cell(summary, m, "min").iloc[0][f"{fid}_mean"] == pytest.approx(82.0)
