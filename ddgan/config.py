@@ -144,6 +144,10 @@ class EvalConfig(_Section):
     reference_n: int | None = Field(default=None, ge=2, le=60_000)  # None: the whole split (Inception on CPU: cap it)
     respaced_steps: int | None = Field(default=None, ge=1, le=10_000)  # DDPM: sample with S < T steps
     sampler: Literal["ancestral", "ddim"] = "ancestral"  # DDPM only
+    # How evaluation samples (ddgan.sampler.sampling_numerics): fp32 (TF32 off) unless asked;
+    # bf16 autocast and torch.compile are for GPUs, once FID is shown unchanged within its noise.
+    sample_precision: Literal["fp32", "tf32", "bf16"] = "fp32"
+    compile_sampler: bool = False
 
     @field_validator("metrics", "final_metrics")
     @classmethod

@@ -89,7 +89,7 @@ def generate(checkpoint: str | Path, n: int, *, seed: int = 0, steps: int | None
         raise UsageError(f"--steps must be in 1..{schedule.T}, got {steps}")
     if cfg.method == "ddpm" and steps is not None and steps < schedule.T:
         schedule = schedule.respace(steps)
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator(device=dev).manual_seed(seed)  # noise drawn where the network runs
     if cfg.method == "ddgan":
         def one(m):
             return sample_ddgan(net, schedule, m, z_dim=cfg.model.z_dim, torch_generator=gen, device=dev)

@@ -54,12 +54,12 @@ def sampling_args(row: pd.Series) -> dict[str, Any]:
 
 
 def score_model(directory: Path, extractor: FeatureExtractor, reference: tuple, n: int, seed: int,
-                steps: int | None, sampler: str, batch_size: int = 250) -> dict[str, float]:
-    """FID of n fresh samples of an exported model (seeded noise) against the reference stats."""
+                steps: int | None, sampler: str, batch_size: int = 250, device: str = "cpu") -> dict[str, float]:
+    """FID of n fresh samples of an exported model (seeded noise on `device`) against the reference stats."""
     from ddgan.sample import generate
 
     start = time.perf_counter()
-    images, nfe = generate(directory, n, seed=seed, steps=steps, sampler=sampler, device="cpu",
+    images, nfe = generate(directory, n, seed=seed, steps=steps, sampler=sampler, device=device,
                            batch_size=batch_size)
     sample_s = time.perf_counter() - start
     mu, sigma = feature_stats(extractor.features(images))
@@ -70,9 +70,11 @@ def score_model(directory: Path, extractor: FeatureExtractor, reference: tuple, 
 def final_fid(mlflow_uri: str, study: str | None, per: str, top_k: int, n: int, reference_n: int | None,
               data_dir: str | None, out: str | Path, *, sample_seed: int = 1, fid_weights: str | None = None,
               cache_dir: str | Path | None = None, extractor: FeatureExtractor | None = None,
-              methods: Sequence[str] | None = None) -> dict[str, Any]:
+              methods: Sequence[str] | None = None, device: str = "auto") -> dict[str, Any]:
     """Score the winners (of `methods` only, if given); log each FID to its MLflow run; returns (and
-    writes) the record. A second call with the same protocol adds its models to the same record."""
+    writes) the record. A second call with the same protocol adds its models to the same record.
+    device: where the models sample and Inception runs ("auto": CUDA when visible); the reference
+    statistics are those of that device type (fp32), and the protocol records it."""
     if n < 2:
         raise UsageError(f"--n must be >= 2 (a covariance needs two samples), got {n}")
     from ddgan.data import resolve_data_dir
@@ -82,12 +84,16 @@ def final_fid(mlflow_uri: str, study: str | None, per: str, top_k: int, n: int, 
     picked = select_trials(summary, runs.metric, runs.mode, per, top_k)
     if picked.empty:
         raise UsageError(f"study {runs.study!r} has no completed training trial with {runs.metric!r} yet")
-    extractor = extractor or get_extractor(EXTRACTOR, "cpu", weights=fid_weights, batch_size=INCEPTION_BATCH)
+    from ddgan.trainer import pick_device
+
+    dev = pick_device(device)
+    extractor = extractor or get_extractor(EXTRACTOR, dev, weights=fid_weights, batch_size=INCEPTION_BATCH)
     name = metric_name("fid" if extractor.name == "inception" else "fd", extractor.name, n)  # FID means Inception
     start = time.perf_counter()
     mu, sigma, meta = reference_stats(extractor, resolve_data_dir(data_dir), "train", reference_n, cache_dir)
     reference_s = time.perf_counter() - start
-    protocol = {**extractor.describe(), "n": n, "sample_seed": sample_seed, "reference_split": "train",
+    protocol = {**extractor.describe(), "n": n, "sample_seed": sample_seed, "sample_device": dev.type,
+                "reference_split": "train",
                 "reference_n": meta["n"], "reference_data_sha256": meta["data_sha256"],
                 "selection": f"best {top_k} per {per} by {runs.metric} (eval seed of the trials)"}
     out_dir = Path(out) / runs.study
@@ -96,7 +102,8 @@ def final_fid(mlflow_uri: str, study: str | None, per: str, top_k: int, n: int, 
     for _, row in picked.iterrows():
         directory = export_trial(runs, row, out_dir / row["trial_key"], export_metrics(runs, row, per, rows))
         how = sampling_args(row)
-        scored = score_model(directory, extractor, (mu, sigma), n, sample_seed, how["steps"], how["sampler"])
+        scored = score_model(directory, extractor, (mu, sigma), n, sample_seed, how["steps"], how["sampler"],
+                             device=str(dev))
         step = int(row["steps"]) if pd.notna(row["steps"]) else 0
         store.log_metric(row["run_id"], name, scored["fid"], step=step)
         for key, value in protocol.items():

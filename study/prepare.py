@@ -21,7 +21,7 @@ from ddgan.config import Config
 from ddgan.data import load_fashion_mnist, resolve_data_dir
 from ddgan.errors import CheckpointError, DataError, UsageError
 from ddgan.metrics.evaluator import metric_specs
-from ddgan.metrics.inception import resolve_weights
+from ddgan.metrics.inception import InceptionWeights, resolve_weights
 from ddgan.paths import check_output_dir
 from ddgan.strict import validate
 from study.grid import Grid, Plan, expand, load_grid
@@ -62,8 +62,9 @@ class Prepared:
     plan: Plan
     stores: Stores
     data_dir: Path | None
-    fid_weights: str | None
+    fid_weights: str | None  # absolute: trials run in other working directories, maybe on other nodes
     notes: list[str] = field(default_factory=list)
+    fid_weights_sha256: str | None = None  # the content every trial's file must have
 
     @property
     def grid(self) -> Grid:
@@ -88,26 +89,26 @@ def _apply_flags(grid: Grid, options: StudyOptions) -> Grid:
     return grid
 
 
-def _inception_available(fid_weights: str | None) -> bool:
+def _find_weights(grid: Grid, fid_weights: str | None) -> InceptionWeights | None:
+    """The Inception weights, resolved once here when the grid scores with Inception: --fid-weights,
+    $DDGAN_FID_WEIGHTS or a copy found on this machine (absolute path, sha256; loaded and probed).
+    None when none is here (no download here: the reference task downloads on its node)."""
+    if not any(m.endswith("_inception") for m in (*grid.eval.metrics, *grid.eval.final_metrics)):
+        return None
     try:
-        resolve_weights(fid_weights, "cpu", allow_download=False)
-        return True
-    except Exception:
-        return False
+        return resolve_weights(fid_weights, "cpu", allow_download=False)[0]
+    except UsageError as err:  # missing, not TorchScript, not Inception
+        if fid_weights:
+            raise UsageError(f"--fid-weights: {err}") from None
+        return None
 
 
-def _final_metrics(grid: Grid, fid_weights: str | None, notes: list[str]) -> Grid:
+def _final_metrics(grid: Grid, weights: InceptionWeights | None, notes: list[str]) -> Grid:
     """Drop Inception final metrics when no weights are present (the grid still runs)."""
     wanted = grid.eval.final_metrics
     inception = [m for m in wanted if m.endswith("_inception")]
-    if not inception or _inception_available(fid_weights):
+    if not inception or weights is not None:
         return grid
-    if fid_weights:
-        try:  # again, for the precise reason (missing, not TorchScript, not Inception)
-            resolve_weights(fid_weights, "cpu", allow_download=False)
-        except UsageError as err:
-            raise UsageError(f"--fid-weights: {err}") from None
-        raise UsageError(f"--fid-weights {fid_weights!r}: not a usable TorchScript Inception file")
     notes.append(f"no Inception weights found: final metrics {', '.join(inception)} skipped (pass --fid-weights)")
     kept = tuple(m for m in wanted if m not in inception)
     return grid.model_copy(update={"eval": grid.eval.model_copy(update={"final_metrics": kept})})
@@ -236,7 +237,8 @@ def prepare(options: StudyOptions) -> Prepared:
     grid, path = load_grid(options.grid)
     grid = _apply_flags(grid, options)
     notes: list[str] = []
-    grid = _final_metrics(grid, options.fid_weights, notes)
+    weights = _find_weights(grid, options.fid_weights)
+    grid = _final_metrics(grid, weights, notes)
     plan = expand(grid, path)
     _check_metric(plan)
     study = options.study or grid.name
@@ -254,4 +256,5 @@ def prepare(options: StudyOptions) -> Prepared:
     preflight(stores)
     _check_shared(stores, options, notes)
     _check_resume(stores, plan, options.resume)
-    return Prepared(options, plan, stores, data_dir, options.fid_weights, notes)
+    fid_weights = str(weights.path) if weights else options.fid_weights and str(Path(options.fid_weights).resolve())
+    return Prepared(options, plan, stores, data_dir, fid_weights, notes, weights.sha256 if weights else None)

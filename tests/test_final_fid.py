@@ -33,10 +33,10 @@ def scored(tmp_path_factory, fmnist_dir):
     out = results.parent / "exports"
     extractor = get_extractor("test-extractor", "cpu")
     first = final_fid(uri, "fake", "loss", 1, N, REFERENCE_N, str(fmnist_dir), out, sample_seed=3,
-                      cache_dir=results / ".cache", extractor=extractor, methods=["ddgan"])
+                      cache_dir=results / ".cache", extractor=extractor, methods=["ddgan"], device="cpu")
     assert {m["trial_key"] for m in first["models"]} == {"ddgan-ns-T2-lr0.001-s0", "ddgan-hellinger-T1-lr0.001-s0"}
     record = final_fid(uri, "fake", "loss", 1, N, REFERENCE_N, str(fmnist_dir), out, sample_seed=3,
-                       cache_dir=results / ".cache", extractor=extractor, methods=["ddpm"])
+                       cache_dir=results / ".cache", extractor=extractor, methods=["ddpm"], device="cpu")
     assert [m["trial_key"] for m in record["models"]][-1] == "ddpm-T8-lr0.001-s0"  # merged with the first call
     return uri, out, extractor, record
 
@@ -47,6 +47,8 @@ def test_scores_the_best_model_of_each_loss_and_logs_it(scored, fmnist_dir):
     assert {m["trial_key"] for m in record["models"]} == {
         "ddgan-ns-T2-lr0.001-s0", "ddgan-hellinger-T1-lr0.001-s0", "ddpm-T8-lr0.001-s0"}
     assert record["protocol"]["reference_n"] == REFERENCE_N and record["protocol"]["sample_seed"] == 3
+    assert (record["protocol"]["sample_device"], record["protocol"]["device"], record["protocol"]["precision"]) == (
+        "cpu", "cpu", "fp32")  # the device of the samples and of the features, the features' precision
     reference = extractor.features(reference_images(fmnist_dir, "train", REFERENCE_N)[0])
     mu_r, sigma_r = feature_stats(reference)
     client = MlflowClient(uri)

