@@ -196,11 +196,13 @@ def test_unequal_scatter_is_flagged_under_the_pooled_fit():
     summary = study({("ns", 1): 100.0, ("hellinger", 1): 100.0, ("tv", 1): 100.0}, noise=1.0)
     noisy = summary["cell"] == "ddgan-tv-T1"
     summary.loc[noisy, M] += 40 * np.random.default_rng(9).standard_normal(int(noisy.sum()))
-    _, analysis, _ = run(summary)
-    assert any("scatter over seeds differs between cells" in n and "ddgan-tv-T1" in n for n in analysis.notes)
+    _, analysis, best = run(summary)
+    assert any("scatter over seeds differs between cells" in n and "ddgan-tv-T1" in n for n in analysis.caution)
+    text = "\n".join(claims_section(analysis, best, M, "min"))
+    assert text.index("**Caution:** the scatter over seeds differs") < text.index("| contrast")
     plan = ContrastPlan(tuple(default_contrasts(infos(summary))), "test", variance="contrast")
     _, analysis, _ = run(summary, plan=plan)
-    assert not any("scatter differs" in n for n in analysis.notes)
+    assert analysis.caution == []
 
 
 def test_no_study_no_claims():

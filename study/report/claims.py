@@ -62,6 +62,7 @@ class Analysis:
     seed_test: tuple[float, int, int, float] = (math.nan, 0, 0, math.nan)
     m: int = 0  # contrasts with a p-value (Holm's family)
     notes: list[str] = field(default_factory=list)
+    caution: list[str] = field(default_factory=list)  # printed beside the verdicts, not at the end
 
 
 def seed_values(summary: pd.DataFrame, best: pd.DataFrame, metric: str) -> tuple[dict[str, dict[int, float]], list[str]]:
@@ -110,9 +111,10 @@ def analyse(summary: pd.DataFrame, best: pd.DataFrame, metric: str, plan: Contra
     level = plan.alpha / max(m, 1)  # Holm's first step
     claims = [_claim(p, e, q, level, plan, values) for p, e, q in zip(planned, estimates, adjusted, strict=True)]
     claims += [Claim(p.name, p.kind, NOT_IN_DESIGN, statement=p.absent or "") for p in plan.contrasts if p.absent]
-    notes += _missing_seed_notes(values, cells, seeds) + _scatter_notes(values, cells, plan)
+    notes += _missing_seed_notes(values, cells, seeds)
     sd = math.sqrt(study_fit.residual_var) if math.isfinite(study_fit.residual_var) else math.nan
-    return Analysis(plan, claims, cells, seeds, sd, study_fit.df, seed_block_test(study_fit), m, notes)
+    return Analysis(plan, claims, cells, seeds, sd, study_fit.df, seed_block_test(study_fit), m, notes,
+                    _scatter_notes(values, cells, plan))
 
 
 def _claim(p: Planned, e: ContrastEstimate | None, p_holm: float, level: float, plan: ContrastPlan,
@@ -215,20 +217,23 @@ def _row(claim: Claim, planned: Planned, best: pd.DataFrame, mode: str) -> list:
 
 def _how(analysis: Analysis, metric: str, mode: str) -> str:
     plan = analysis.plan
-    fit = ("each contrast's own cells (a two-cell contrast is the paired t-test)" if plan.variance == "contrast"
-           else f"the {len(analysis.cells)} cells of the planned contrasts, pooled")
+    if plan.variance == "contrast":
+        fit = "each contrast's own cells (a two-cell contrast is the paired t-test)"
+    else:
+        fit = (f"the {len(analysis.cells)} cells of the planned contrasts, pooled: residual SD "
+               f"{fmt(analysis.residual_sd, 3) or '–'} on {analysis.df} df")
     F, df1, df2, p = analysis.seed_test
-    seed = (f" The seed effect (block) over those cells: F({df1}, {df2}) = {F:.3g}, p = {_p(p)}."
+    seed = (f" The seed effect (block) over the planned contrasts' cells: F({df1}, {df2}) = {F:.3g}, p = {_p(p)}."
             if math.isfinite(F) else "")
     better = "lower" if mode == "min" else "higher"
     return (f"Each planned contrast is the mean of `{metric}` over its cells a minus that over its cells b "
             f"({better} is better), estimated from the fit y ~ cell + seed: every cell trains with the same "
             f"seeds {analysis.seeds}, and a seed fixes both the initial weights and the data order, so the seed "
-            f"is a block and cells are compared within seeds. Residual variance from {fit}: residual SD "
-            f"{fmt(analysis.residual_sd, 3) or '–'} on {analysis.df} df.{seed} 95% t-intervals; p two-sided, "
+            f"is a block and cells are compared within seeds. Residual variance from {fit}.{seed} "
+            "95% t-intervals; p two-sided, "
             f"Holm-adjusted over the {analysis.m} planned contrasts that have one; **resolved** when the Holm p "
             f"< {plan.alpha:g}. \"Detectable\": the smallest difference a test at {plan.alpha:g}/{max(analysis.m, 1)} "
-            f"(Holm's first step) detects with power {plan.power:g}, given this residual SD (noncentral t). "
+            f"(Holm's first step) detects with power {plan.power:g}, given the contrast's standard error (noncentral t). "
             f"Contrasts: {plan.source}. Per-cell means and intervals are in the tables below.")
 
 
@@ -245,6 +250,8 @@ def claims_section(analysis: Analysis | None, best: pd.DataFrame, metric: str, m
             f"Holm p {_p(c.p_holm)}, detectable ±{fmt(c.detectable, 3)})" for c in resolved) + ".")
     else:
         lines.append("No planned contrast resolves at this scale.")
+    for caution in analysis.caution:
+        lines += ["", f"**Caution:** {caution}."]
     lines += ["", _how(analysis, metric, mode), ""]
     for kind, title in KIND_TITLES.items():
         group = [c for c in tested if c.kind == kind]
