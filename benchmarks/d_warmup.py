@@ -13,29 +13,36 @@ used before issue 15's fix; see ddgan/nets/discriminator.py).
 from __future__ import annotations
 
 import argparse
+import sys
 
 import torch
 from torch import nn
 
 from benchmarks.common import header
 from benchmarks.objective_check import CONFIG
-from ddgan.config import load_config
+from ddgan.cli import SEED, ArgumentParser, InputPath, Number, run_cli
+from ddgan.config import load_config, preset_names
 from ddgan.data import load_training_tensor
+from ddgan.losses import objective_names
 from ddgan.methods import build_method
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.d_warmup", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--steps", type=int, default=60)
-    p.add_argument("--every", type=int, default=10)
-    p.add_argument("--preset", default="small")
-    p.add_argument("--T", type=int, default=4)
-    p.add_argument("--loss", default="ns")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--data-dir", default=None)
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(prog="python -m benchmarks.d_warmup", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--steps", type=Number(int, 1, 1_000_000), default=60)
+    p.add_argument("--every", type=Number(int, 1, 1_000_000), default=10)
+    p.add_argument("--preset", choices=preset_names(), default="small")
+    p.add_argument("--T", type=Number(int, 1, 10_000), default=4)
+    p.add_argument("--loss", choices=objective_names(), default="ns")
+    p.add_argument("--seed", type=SEED, default=0)
+    p.add_argument("--data-dir", type=InputPath("dir"), default=None)
     p.add_argument("--pytorch-init", action="store_true", help="reset every D layer to PyTorch's default init")
-    a = p.parse_args(argv)
+    return p
+
+
+def main(argv=None) -> int | None:
+    a = build_parser().parse_args(argv)  # every flag checked by its class (ddgan/cli.py)
     cfg = load_config(CONFIG, [f"model.preset={a.preset}", f"diffusion.T={a.T}", f"objective.loss={a.loss}",
                                f"train.seed={a.seed}", "train.device=cpu", "train.compile=false"]
                       + ([f"data.dir={a.data_dir}"] if a.data_dir else []))
@@ -68,4 +75,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(run_cli(main))

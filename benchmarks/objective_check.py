@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import math
 import statistics
+import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -40,7 +41,8 @@ from scipy import stats
 
 from benchmarks.common import header, markdown_table, write_table
 from ddgan.callbacks import Callback
-from ddgan.config import load_config
+from ddgan.cli import SEED, STUDY_NAME, ArgumentParser, InputPath, Name, Number, OutputDir, run_cli
+from ddgan.config import load_config, preset_names
 from ddgan.data import resolve_data_dir
 from ddgan.errors import TrainingDiverged
 from ddgan.trainer import train
@@ -155,29 +157,36 @@ def summarise(rows: list[dict], arms: list[str]) -> list[dict]:
     return out
 
 
+ARM = Name(r"[a-z0-9_]+(:[a-z_]+)?(/[a-z_]+)?", "an arm LOSS[:FORM][/DRAW] (e.g. tv:log, ns/shared)", "ns")
+
+
 def jobs_needed(a: argparse.Namespace) -> bool:
     """Whether any arm trains here (the data directory is needed then only)."""
     return bool(a.arms) or (a.arms is None and not a.from_study)
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.objective_check", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--arms", nargs="*", default=None, help="default: ns tv:log tv:nonsaturating (none with --from-study)")
-    p.add_argument("--from-study", default=None, help="also report this finished study's cells at --T (MLflow)")
-    p.add_argument("--results-dir", default="results/runs", help="the study's state directory (--from-study)")
-    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    p.add_argument("--preset", default="small")
-    p.add_argument("--T", type=int, default=4)
-    p.add_argument("--lr", type=float, default=1.6e-4)
-    p.add_argument("--steps", type=int, default=240)
-    p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--n-samples", type=int, default=1000)
-    p.add_argument("--log-every", type=int, default=20)
-    p.add_argument("--jobs", type=int, default=1)
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--out", type=Path, default=None)
-    a = p.parse_args(argv)
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(prog="python -m benchmarks.objective_check", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--arms", type=ARM, nargs="*", default=None, help="default: ns tv:log tv:nonsaturating (none with --from-study)")
+    p.add_argument("--from-study", type=STUDY_NAME, default=None, help="also report this finished study's cells at --T (MLflow)")
+    p.add_argument("--results-dir", type=InputPath("dir", missing_ok=True), default="results/runs", help="the study's state directory (--from-study)")
+    p.add_argument("--seeds", type=SEED, nargs="+", default=[0, 1, 2])
+    p.add_argument("--preset", choices=preset_names(), default="small")
+    p.add_argument("--T", type=Number(int, 1, 10_000), default=4)
+    p.add_argument("--lr", type=Number(float, 0, 10, low_open=True), default=1.6e-4)
+    p.add_argument("--steps", type=Number(int, 1, 1_000_000), default=240)
+    p.add_argument("--batch", type=Number(int, 1, 4096), default=64)
+    p.add_argument("--n-samples", type=Number(int, 2, 1_000_000), default=1000)
+    p.add_argument("--log-every", type=Number(int, 1, 1_000_000), default=20)
+    p.add_argument("--jobs", type=Number(int, 1, 256), default=1)
+    p.add_argument("--data-dir", type=InputPath("dir"), default=None)
+    p.add_argument("--out", type=OutputDir(), default=None)
+    return p
+
+
+def main(argv=None) -> int | None:
+    a = build_parser().parse_args(argv)  # every flag checked by its class (ddgan/cli.py)
     args = {"preset": a.preset, "T": a.T, "lr": a.lr, "steps": a.steps, "batch": a.batch,
             "n_samples": a.n_samples, "log_every": a.log_every, "threads": 1 if a.jobs > 1 else torch.get_num_threads(),
             "data_dir": str(resolve_data_dir(a.data_dir)) if jobs_needed(a) else None}
@@ -211,4 +220,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(run_cli(main))

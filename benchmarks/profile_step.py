@@ -12,13 +12,14 @@ loop-level change (data path, syncs, fusion, EMA) can buy at the same precision.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
+import sys
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
 from benchmarks.common import header, markdown_table, write_table
-from ddgan.config import resolve_config
+from ddgan.cli import DEVICE, THREADS, ArgumentParser, Number, OutputDir, run_cli
+from ddgan.config import preset_names, resolve_config
 from ddgan.methods import build_method
 
 GROUPS = {  # first match wins, on the aten op name
@@ -61,17 +62,22 @@ def profile_step(preset: str, method: str, batch: int, steps: int, device: str, 
     return rows, 1.0 / rows[0]["share"]
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", default="small")
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(prog="python -m benchmarks.profile_step", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", choices=preset_names(), default="small")
     p.add_argument("--method", choices=["ddgan", "ddpm"], default="ddpm")
-    p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--steps", type=int, default=8)
-    p.add_argument("--T", type=int, default=None, help="diffusion steps (default: the method's config)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--out", type=Path, default=None, help="directory for profile_step.md")
-    args = p.parse_args()
+    p.add_argument("--batch", type=Number(int, 1, 4096), default=64)
+    p.add_argument("--steps", type=Number(int, 1, 1_000_000), default=8)
+    p.add_argument("--T", type=Number(int, 1, 10_000), default=None, help="diffusion steps (default: the method's config)")
+    p.add_argument("--device", type=DEVICE, default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--threads", type=THREADS, default=None)
+    p.add_argument("--out", type=OutputDir(), default=None, help="directory for profile_step.md")
+    return p
+
+
+def main(argv=None) -> int | None:
+    args = build_parser().parse_args(argv)  # every flag checked by its class (ddgan/cli.py)
     if args.threads:
         torch.set_num_threads(args.threads)
     rows, ceiling = profile_step(args.preset, args.method, args.batch, args.steps, args.device, args.T)
@@ -84,4 +90,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main))

@@ -29,6 +29,8 @@ import torch
 
 from benchmarks.common import header, markdown_table, write_table
 from benchmarks.study_timing import derive_grid, start_ray, timed_study
+from ddgan.cli import DEVICE, ArgumentParser, InputPath, Number, OutputDir, run_cli
+from study.flags import GridRef, RayAddress
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = {"grid": "smoke", "steps": 20, "eval_every": 10,
@@ -107,18 +109,23 @@ def measure(args, work: Path) -> tuple[list[dict], dict]:
 COLUMNS = ["leg", "steps", "evaluations", "seconds", "overhead s", "overhead % of trial"]
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--grid", default=None, help="grid whose first DDGAN cell is timed (default: cpu; smoke with --tiny)")
-    p.add_argument("--steps", type=int, default=None, help="override the grid's budget (default: the grid's)")
-    p.add_argument("--eval-every", type=int, default=None, help="override the grid's cadence (default: the grid's)")
-    p.add_argument("--device", default=None, help="train.device for both legs (default: the grid's, usually auto)")
-    p.add_argument("--address", default=None, help="join a running Ray cluster (its connect time is reported)")
-    p.add_argument("--data-dir", default=None, help="Fashion-MNIST IDX directory (else $DDGAN_DATA_DIR)")
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(prog="python -m benchmarks.study_overhead", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--grid", type=GridRef(), default=None, help="grid whose first DDGAN cell is timed (default: cpu; smoke with --tiny)")
+    p.add_argument("--steps", type=Number(int, 1, 1_000_000), default=None, help="override the grid's budget (default: the grid's)")
+    p.add_argument("--eval-every", type=Number(int, 1, 1_000_000), default=None, help="override the grid's cadence (default: the grid's)")
+    p.add_argument("--device", type=DEVICE, default=None, help="train.device for both legs (default: the grid's, usually auto)")
+    p.add_argument("--address", type=RayAddress(), default=None, help="join a running Ray cluster (its connect time is reported)")
+    p.add_argument("--data-dir", type=InputPath("dir"), default=None, help="Fashion-MNIST IDX directory (else $DDGAN_DATA_DIR)")
     p.add_argument("--tiny", action="store_true", help="smoke size: smoke grid, 20 steps, eval every 10 on 64 samples")
     p.add_argument("--keep", action="store_true", help="keep the temporary results directory (its path is printed)")
-    p.add_argument("--out", type=Path, default=None, help="directory for study_overhead.md")
-    args = p.parse_args()
+    p.add_argument("--out", type=OutputDir(), default=None, help="directory for study_overhead.md")
+    return p
+
+
+def main(argv=None) -> int | None:
+    args = build_parser().parse_args(argv)  # every flag checked by its class (ddgan/cli.py)
     work = Path(tempfile.mkdtemp(prefix="ddgan-overhead-"))
     try:
         rows, info = measure(args, work)
@@ -143,4 +150,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main))

@@ -51,10 +51,15 @@ def format_table(counts: dict[str, dict[str, int]]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog="python -m ddgan.params", description=__doc__)
-    p.add_argument("--preset", action="append", metavar="NAME", help="preset to count (repeatable; default: all)")
-    args = p.parse_args(argv)
+    p.add_argument("--preset", action="append", metavar="NAME", choices=preset_names(),
+                   help="preset to count (repeatable; default: all)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     names = args.preset or preset_names()
     print(format_table({name: preset_parameter_counts(name) for name in names}))
     print(f"official DDGAN CIFAR-10 discriminator (Discriminator_small, ngf 64, t_emb 256): "

@@ -1,10 +1,11 @@
-"""Output paths checked before anything is written.
+"""Paths checked before anything is written: the one place for output and input paths.
 
-Every CLI that writes calls one of these first, so a bad `--out` is one line and exit
-code 2 before a file, a store or a process exists. What is refused: a symlink loop
-anywhere in the path, a regular file where a directory has to be (the path itself or
-one of its parents), a directory where a file has to be, and a location the user
-cannot write. Nothing here creates anything.
+Every CLI that writes calls one of these first (through the argument types of `ddgan.cli`),
+so a bad `--out` is one line and exit code 2 before a file, a store or a process exists.
+What is refused: a symlink loop anywhere in the path, a regular file where a directory has
+to be (the path itself or one of its parents), a directory where a file has to be, a missing
+parent of an output file, and a location the user cannot write or read. Nothing here creates
+anything. `flag` names the input in the message (empty: argparse names it).
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ def _nearest_existing(path: Path, flag: str, shown: Path) -> Path:
 def check_output_dir(path: str | os.PathLike, flag: str = "output directory") -> Path:
     """The resolved directory `path` once it is known that it is, or can be made, a writable directory."""
     resolved = _resolve(path, flag)
+    if resolved.exists() and not resolved.is_dir():
+        raise UsageError(f"{flag} {str(path)!r} is a file, not a directory")
     _nearest_existing(resolved, flag, Path(path))
     return resolved
 
@@ -59,4 +62,24 @@ def check_output_file(path: str | os.PathLike, flag: str = "output file") -> Pat
         _nearest_existing(parent, flag, Path(path))  # names a regular file on the way, if that is the problem
         raise UsageError(f"{flag} {str(path)!r}: directory {str(parent)!r} does not exist; create it first")
     _nearest_existing(parent, flag, Path(path))
+    return resolved
+
+
+def check_input_path(path: str | os.PathLike, flag: str = "input", kind: str = "any", *,
+                     missing_ok: bool = False) -> Path:
+    """The resolved `path` once it is known to exist (unless `missing_ok`), to be a `kind`
+    (file | dir | any) and to be readable."""
+    resolved = _resolve(path, flag)
+    shown = str(path)
+    if not resolved.exists():
+        if missing_ok:
+            return resolved
+        raise UsageError(f"{flag} {shown!r} not found")
+    if kind == "file" and not resolved.is_file():
+        raise UsageError(f"{flag} {shown!r} is a directory, not a file")
+    if kind == "dir" and not resolved.is_dir():
+        raise UsageError(f"{flag} {shown!r} is a file, not a directory")
+    wanted = os.R_OK | (os.X_OK if resolved.is_dir() else 0)
+    if not os.access(resolved, wanted):
+        raise UsageError(f"{flag} {shown!r} is not readable: no read permission")
     return resolved

@@ -15,9 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ddgan.cli import ArgumentParser, run_cli
-from ddgan.errors import UsageError
-from ddgan.paths import check_output_file
+from ddgan.cli import DEVICE, SEED, ArgumentParser, CheckpointPath, Number, OutputFile, run_cli
+from ddgan.errors import CheckpointError, UsageError
 
 if TYPE_CHECKING:
     import torch
@@ -28,26 +27,30 @@ if TYPE_CHECKING:
 MAX_IMAGES = 10_000  # one PNG grid of 100 x 100 images (2,802 x 2,802 pixels)
 MAX_BATCH = 4096
 MAX_SEED = 2**63 - 1
+GRID_LIMIT = f"one PNG grid of at most {math.isqrt(MAX_IMAGES)} x {math.isqrt(MAX_IMAGES)} images"
+
+
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(prog="python -m ddgan.sample", description=__doc__)
+    p.add_argument("--checkpoint", required=True, type=CheckpointPath(), help="checkpoint file, run directory or export directory")
+    p.add_argument("--n", type=Number(int, 1, MAX_IMAGES, why=GRID_LIMIT), default=64, help=f"number of images, 1..{MAX_IMAGES}")
+    p.add_argument("--steps", type=Number(int, 1, 10_000), default=None, help="DDPM only: sample with S <= T respaced steps")
+    p.add_argument("--sampler", choices=["ancestral", "ddim"], default="ancestral", help="DDPM only")
+    p.add_argument("--out", required=True, type=OutputFile(".png", writer="PNG"), help="output PNG grid")
+    p.add_argument("--seed", type=SEED, default=0)
+    p.add_argument("--device", default="auto", type=DEVICE)
+    p.add_argument("--batch-size", type=Number(int, 1, MAX_BATCH), default=256, help=f"images per forward pass, 1..{MAX_BATCH}")
+    return p
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = ArgumentParser(prog="python -m ddgan.sample", description=__doc__)
-    p.add_argument("--checkpoint", required=True, help="checkpoint file, run directory or export directory")
-    p.add_argument("--n", type=int, default=64, help=f"number of images, 1..{MAX_IMAGES}")
-    p.add_argument("--steps", type=int, default=None, help="DDPM only: sample with S <= T respaced steps")
-    p.add_argument("--sampler", choices=["ancestral", "ddim"], default="ancestral", help="DDPM only")
-    p.add_argument("--out", required=True, help="output PNG grid")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--batch-size", type=int, default=256, help=f"images per forward pass, 1..{MAX_BATCH}")
-    return p.parse_args(argv)
+    return build_parser().parse_args(argv)
 
 
 def check_sizes(n: int, batch_size: int, seed: int) -> None:
     """Every size within what one machine and one PNG can hold; checked before the model loads."""
     if not 1 <= n <= MAX_IMAGES:
-        side = math.isqrt(MAX_IMAGES)
-        raise UsageError(f"--n must be in 1..{MAX_IMAGES} (one PNG grid of at most {side} x {side} images), got {n}")
+        raise UsageError(f"--n must be in 1..{MAX_IMAGES} ({GRID_LIMIT}), got {n}")
     if not 1 <= batch_size <= MAX_BATCH:
         raise UsageError(f"--batch-size must be in 1..{MAX_BATCH}, got {batch_size}")
     if not 0 <= seed <= MAX_SEED:
@@ -100,12 +103,13 @@ def generate(checkpoint: str | Path, n: int, *, seed: int = 0, steps: int | None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
+    args = parse_args(argv)  # every flag checked by its class (ddgan/cli.py): --out a writable .png
     out = Path(args.out)
-    check_output_file(out, "--out")
-    check_sizes(args.n, args.batch_size, args.seed)
-    images, nfe = generate(args.checkpoint, args.n, seed=args.seed, steps=args.steps, sampler=args.sampler,
-                           device=args.device, batch_size=args.batch_size)
+    try:
+        images, nfe = generate(args.checkpoint, args.n, seed=args.seed, steps=args.steps, sampler=args.sampler,
+                               device=args.device, batch_size=args.batch_size)
+    except CheckpointError as err:  # what the loader found in it: unreadable, config vs weights, not finite
+        raise CheckpointError(f"--checkpoint {err}") from None
     from ddgan.metrics.grid import save_grid
 
     save_grid(images, out, nrow=int(math.ceil(math.sqrt(args.n))))

@@ -12,7 +12,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from ddgan.cli import ArgumentParser, run_cli
+from ddgan.cli import OVERRIDE, ArgumentParser, InputPath, OutputDir, run_cli
 from ddgan.errors import TrainingDiverged, UsageError
 from ddgan.paths import check_output_dir
 
@@ -20,16 +20,20 @@ from ddgan.paths import check_output_dir
 # at once); the config, the output directory and the checkpoint are then checked in turn.
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog="python -m ddgan.train", description=__doc__)
-    p.add_argument("--config", required=True, help="YAML config, e.g. configs/ddgan.yaml")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+    p.add_argument("--config", required=True, type=InputPath("file"), help="YAML config, e.g. configs/ddgan.yaml")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", type=OVERRIDE,
                    help="dotted override, e.g. --set train.lr_g=2e-4 (repeatable)")
-    p.add_argument("--out", required=True, help="run directory (config, checkpoints, sample grids)")
+    p.add_argument("--out", required=True, type=OutputDir(), help="run directory (config, checkpoints, sample grids)")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
-    p.add_argument("--data-dir", default=None, help="Fashion-MNIST IDX directory (else data.dir / $DDGAN_DATA_DIR)")
+    p.add_argument("--data-dir", default=None, type=InputPath("dir"), help="Fashion-MNIST IDX directory (else data.dir / $DDGAN_DATA_DIR)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    return p.parse_args(argv)
+    return p
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

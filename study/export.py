@@ -30,14 +30,14 @@ from typing import Any
 
 import pandas as pd
 
-from ddgan.cli import ArgumentParser, run_cli
+from ddgan.cli import STUDY_NAME, ArgumentParser, Number, OutputDir, run_cli
 from ddgan.errors import CheckpointError, UsageError
 from ddgan.export import load_export, verify_export, write_export
+from study.flags import add_store_args
 from study.report.data import StudyRuns, load_study, protocol_rows
 from study.stores import mlflow_uri_for
 from study.stores.mlflow_client import quiet_downloads
 from study.stores.registry import register_export, registry_name, set_champions
-from study.stores.uris import add_store_args
 
 SELECTIONS = ("cell", "loss", "overall")
 
@@ -162,16 +162,20 @@ def _write_selection(result: ExportResult, runs: StudyRuns, per: str, top_k: int
     (result.out / "selection.json").write_text(json.dumps(doc, indent=2))
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog="python -m study.export", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--study", default=None, help="study name (default: the only study in the store)")
-    p.add_argument("--top-k", type=int, required=True, help="how many trials per group")
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--study", default=None, type=STUDY_NAME, help="study name (default: the only study in the store)")
+    p.add_argument("--top-k", type=Number(int, 1, 10_000), required=True, help="how many trials per group")
     p.add_argument("--per", required=True, choices=SELECTIONS, help="group: each cell, each loss, or overall")
-    p.add_argument("--out", default="exports", help="output directory (default: exports)")
+    p.add_argument("--out", default="exports", type=OutputDir(), help="output directory (default: exports)")
     add_store_args(p)
     p.add_argument("--no-register", action="store_true", help="write the export directories only")
-    return p.parse_args(argv)
+    return p
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

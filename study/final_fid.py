@@ -31,17 +31,17 @@ from typing import Any
 
 import pandas as pd
 
-from ddgan.cli import ArgumentParser, run_cli
+from ddgan.cli import SEED, STUDY_NAME, ArgumentParser, InputPath, Number, OutputDir, run_cli
 from ddgan.errors import UsageError
 from ddgan.metrics.evaluator import INCEPTION_BATCH, metric_name
 from ddgan.metrics.extractors import FeatureExtractor, get_extractor
 from ddgan.metrics.frechet import feature_stats, frechet_distance
 from ddgan.metrics.reference import reference_stats
 from study.export import SELECTIONS, export_metrics, export_trial, select_trials
+from study.flags import add_store_args
 from study.report.data import load_study, protocol_rows
 from study.stores import mlflow_uri_for
 from study.stores.mlflow_client import MlflowStore
-from study.stores.uris import add_store_args
 
 EXTRACTOR = "inception"
 
@@ -128,33 +128,31 @@ def final_fid(mlflow_uri: str, study: str | None, per: str, top_k: int, n: int, 
     return record
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog="python -m study.final_fid", description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--study", default=None, help="study name (default: the only study in the store)")
+    p.add_argument("--study", default=None, type=STUDY_NAME, help="study name (default: the only study in the store)")
     p.add_argument("--per", default="loss", choices=SELECTIONS, help="group of the winners (default: loss)")
-    p.add_argument("--top-k", type=int, default=1, help="winners per group (default: 1)")
-    p.add_argument("--n", type=int, default=10_000, help="samples per model (default: 10000)")
-    p.add_argument("--reference-n", type=int, default=None,
+    p.add_argument("--top-k", type=Number(int, 1, 10_000), default=1, help="winners per group (default: 1)")
+    p.add_argument("--n", type=Number(int, 2, 1_000_000, why="a covariance needs two samples"), default=10_000, help="samples per model (default: 10000)")
+    p.add_argument("--reference-n", type=Number(int, 2, 60_000), default=None,
                    help="first N training images for the reference statistics (default: all 60,000)")
     p.add_argument("--methods", nargs="+", choices=("ddgan", "ddpm"), default=None,
                    help="score the winners of these methods only (default: both)")
-    p.add_argument("--sample-seed", type=int, default=1, help="noise seed of the FID samples (default: 1)")
-    p.add_argument("--fid-weights", default=None, help="Inception weights file (offline)")
-    p.add_argument("--data-dir", default=None, help="Fashion-MNIST directory (default: $DDGAN_DATA_DIR)")
-    p.add_argument("--out", default="exports", help="where the winners are exported (default: exports)")
+    p.add_argument("--sample-seed", type=SEED, default=1, help="noise seed of the FID samples (default: 1)")
+    p.add_argument("--fid-weights", default=None, type=InputPath("file"), help="Inception weights file (offline)")
+    p.add_argument("--data-dir", default=None, type=InputPath("dir"), help="Fashion-MNIST directory (default: $DDGAN_DATA_DIR)")
+    p.add_argument("--out", default="exports", type=OutputDir(), help="where the winners are exported (default: exports)")
     add_store_args(p)
-    return p.parse_args(argv)
+    return p
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    if args.n < 2:
-        raise UsageError(f"--n must be >= 2 (a covariance needs two samples), got {args.n}")
-    if args.top_k < 1:
-        raise UsageError(f"--top-k must be >= 1, got {args.top_k}")
-    if args.reference_n is not None and not 2 <= args.reference_n <= 60_000:
-        raise UsageError(f"--reference-n must be in 2..60000, got {args.reference_n}")
+    args = parse_args(argv)  # every flag checked by its class (ddgan/cli.py), the store probed
     uri = mlflow_uri_for(args.results_dir, args.mlflow_uri)
     record = final_fid(uri, args.study, args.per, args.top_k, args.n, args.reference_n, args.data_dir, args.out,
                        sample_seed=args.sample_seed, fid_weights=args.fid_weights,

@@ -15,39 +15,44 @@ import shlex
 import sys
 from collections.abc import Sequence
 
-from ddgan.cli import ArgumentParser, run_cli
+from ddgan.cli import STUDY_NAME, ArgumentParser, InputPath, Number, OutputDir, run_cli
+from study.flags import GridRef, MlflowUri, OptunaStorage, RayAddress, StoragePath
 from study.prepare import StudyOptions, prepare
 from study.stores.uris import DEFAULT_STATE_DIR
 from study.summary import describe_plan
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog="python -m study.run", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--grid", required=True, help="grid name in configs/grids (smoke, cpu, full) or a YAML path")
-    p.add_argument("--study", default=None, help="study name (default: the grid's name)")
+    p.add_argument("--grid", required=True, type=GridRef(), help="grid name in configs/grids (smoke, cpu, full) or a YAML path")
+    p.add_argument("--study", default=None, type=STUDY_NAME, help="study name (default: the grid's name)")
     p.add_argument("--dry-run", action="store_true",
                    help="print the plan and its cost estimate; start and write nothing")
     p.add_argument("--calibrate", action="store_true",
                    help="with --dry-run: time a few training steps here for the cost estimate (seconds to a minute)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted study")
-    p.add_argument("--address", default=None, help="Ray cluster: auto, host:port or ray://host:port")
-    p.add_argument("--storage-path", default=None, help="Ray storage (shared directory or s3://...)")
-    p.add_argument("--mlflow-uri", default=None, help="MLflow tracking URI (http://host:5000, sqlite:///...)")
-    p.add_argument("--optuna-storage", default=None, help="Optuna storage URL (postgresql://..., sqlite:///...)")
-    p.add_argument("--gpus-per-trial", type=float, default=None, help="fractions pack several trials per GPU")
-    p.add_argument("--cpus-per-trial", type=float, default=None)
-    p.add_argument("--max-concurrent", type=int, default=None)
-    p.add_argument("--data-dir", default=None, help="Fashion-MNIST IDX directory (else $DDGAN_DATA_DIR)")
-    p.add_argument("--fid-weights", default=None, help="TorchScript Inception weights for the final FID")
-    p.add_argument("--state-dir", "--results-dir", dest="results_dir", default=DEFAULT_STATE_DIR,
+    p.add_argument("--address", default=None, type=RayAddress(), help="Ray cluster: auto, host:port or ray://host:port")
+    p.add_argument("--storage-path", default=None, type=StoragePath(), help="Ray storage (shared directory or s3://...)")
+    p.add_argument("--mlflow-uri", default=None, type=MlflowUri(), help="MLflow tracking URI (http://host:5000, sqlite:///...)")
+    p.add_argument("--optuna-storage", default=None, type=OptunaStorage(), help="Optuna storage URL (postgresql://..., sqlite:///...)")
+    p.add_argument("--gpus-per-trial", type=Number(float, 0, 64), default=None, help="fractions pack several trials per GPU")
+    p.add_argument("--cpus-per-trial", type=Number(float, 0, 1024, low_open=True), default=None)
+    p.add_argument("--max-concurrent", type=Number(int, 1, 10_000), default=None)
+    p.add_argument("--data-dir", default=None, type=InputPath("dir"), help="Fashion-MNIST IDX directory (else $DDGAN_DATA_DIR)")
+    p.add_argument("--fid-weights", default=None, type=InputPath("file"), help="TorchScript Inception weights for the final FID")
+    p.add_argument("--state-dir", "--results-dir", dest="results_dir", default=DEFAULT_STATE_DIR, type=OutputDir(),
                    help=f"the run's state: embedded stores, Ray folders, artifacts (default: {DEFAULT_STATE_DIR})")
-    p.add_argument("--cache-dir", default=None,
+    p.add_argument("--cache-dir", default=None, type=OutputDir(),
                    help="reference-statistics cache (default: $DDGAN_CACHE_DIR, else <state-dir>/.cache)")
     p.add_argument("--allow-local", action="store_true",
                    help="with --address: accept stores and folders on this node's disk (every node sees them)")
     p.add_argument("--quiet", action="store_true", help="no progress table")
-    return p.parse_args(argv)
+    return p
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

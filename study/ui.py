@@ -19,27 +19,33 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from ddgan.cli import ArgumentParser, run_cli
+from ddgan.cli import HOST, STUDY_NAME, ArgumentParser, InputPath, Number, run_cli
 from ddgan.errors import UsageError
+from study.flags import MlflowUri, OptunaStorage
 from study.stores import mask_uri, normalize_mlflow_uri, normalize_optuna_url
 from study.stores.uris import DEFAULT_STATE_DIR
 
 OPTUNA_PORT = 8080
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog="python -m study.ui", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--state-dir", "--results-dir", dest="results_dir", default=DEFAULT_STATE_DIR,
+                   type=InputPath("dir", missing_ok=True),
                    help=f"where study.run kept the run's state (default: {DEFAULT_STATE_DIR})")
-    p.add_argument("--mlflow-uri", default=None, help="another backend store (default: <state-dir>/mlflow.db)")
+    p.add_argument("--mlflow-uri", default=None, type=MlflowUri(), help="another backend store (default: <state-dir>/mlflow.db)")
     p.add_argument("--optuna", action="store_true", help="Optuna's dashboard instead of MLflow's UI")
-    p.add_argument("--study", default=None, help="--optuna: the study (default: the only one in --state-dir)")
-    p.add_argument("--optuna-storage", default=None, help="--optuna: another storage (default: <state-dir>/<study>/optuna.db)")
-    p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=None, help=f"default 5000 (MLflow), {OPTUNA_PORT} (--optuna)")
+    p.add_argument("--study", default=None, type=STUDY_NAME, help="--optuna: the study (default: the only one in --state-dir)")
+    p.add_argument("--optuna-storage", default=None, type=OptunaStorage(), help="--optuna: another storage (default: <state-dir>/<study>/optuna.db)")
+    p.add_argument("--host", default="127.0.0.1", type=HOST, help="bind address (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=Number(int, 1, 65535), default=None, help=f"default 5000 (MLflow), {OPTUNA_PORT} (--optuna)")
     p.add_argument("--print-command", action="store_true", help="print the equivalent command instead of running it")
-    return p.parse_args(argv)
+    return p
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def _check_port(port: int) -> None:

@@ -271,7 +271,7 @@ def test_params_cli_prints_every_preset(capsys):
 
 def test_params_cli_unknown_preset_exits_2(capsys):
     assert run_cli(params.main, ["--preset", "nope"]) == 2
-    assert "unknown preset" in capsys.readouterr().err
+    assert "invalid choice: 'nope'" in capsys.readouterr().err
 
 
 def test_networks_trace_without_graph_breaks(tiny):

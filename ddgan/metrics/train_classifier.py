@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ddgan.cli import ArgumentParser
+from ddgan.cli import SEED, THREADS, ArgumentParser, InputPath, Number, OutputDir
 from ddgan.data import load_fashion_mnist, resolve_data_dir, to_model_range
 from ddgan.errors import UsageError
 from ddgan.metrics.digest import sha256_file
@@ -92,16 +92,20 @@ def train(images: torch.Tensor, labels: torch.Tensor, *, epochs: int, batch_size
     return model.eval()
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="python -m ddgan.metrics.train_classifier", description=__doc__.split("\n")[0])
-    parser.add_argument("--data-dir", default=None, help="folder with the four IDX files (default: $DDGAN_DATA_DIR)")
-    parser.add_argument("--out", default=str(WEIGHTS_DIR), help="output folder for the weights and the record")
-    parser.add_argument("--epochs", type=int, default=8)
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--lr", type=float, default=3e-3)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    return parser.parse_args(argv)
+    parser.add_argument("--data-dir", default=None, type=InputPath("dir"), help="folder with the four IDX files (default: $DDGAN_DATA_DIR)")
+    parser.add_argument("--out", default=str(WEIGHTS_DIR), type=OutputDir(), help="output folder for the weights and the record")
+    parser.add_argument("--epochs", type=Number(int, 1, 1000), default=8)
+    parser.add_argument("--batch-size", type=Number(int, 1, 4096), default=128)
+    parser.add_argument("--lr", type=Number(float, 0, 10, low_open=True), default=3e-3)
+    parser.add_argument("--seed", type=SEED, default=0)
+    parser.add_argument("--threads", type=THREADS, default=None, help="torch CPU threads (default: torch's choice)")
+    return parser
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def run(args: argparse.Namespace, command: str) -> dict:

@@ -3,6 +3,7 @@
 import sys
 
 from ddgan.cli import run_cli
-from study.report.cli import main
+from study.report.cli import build_parser, main  # noqa: F401 (build_parser: tests/test_cli_classes.py)
 
-sys.exit(run_cli(main))
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

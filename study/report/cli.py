@@ -15,26 +15,29 @@ import shlex
 import sys
 from collections.abc import Sequence
 
-from ddgan.cli import ArgumentParser
+from ddgan.cli import STUDY_NAME, ArgumentParser, OutputDir
+from study.flags import add_store_args
 from study.report.build import build_report
 from study.stores import mlflow_uri_for
-from study.stores.connect import probe_mlflow
-from study.stores.uris import REPORTS_DIR, add_store_args
+from study.stores.uris import REPORTS_DIR
+
+
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(prog="python -m study.report", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--study", default=None, type=STUDY_NAME, help="study name (default: the only study in the store)")
+    p.add_argument("--out", default=None, type=OutputDir(), help=f"output directory (default: {REPORTS_DIR}/<study>)")
+    add_store_args(p)
+    return p
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = ArgumentParser(prog="python -m study.report", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--study", default=None, help="study name (default: the only study in the store)")
-    p.add_argument("--out", default=None, help=f"output directory (default: {REPORTS_DIR}/<study>)")
-    add_store_args(p)
-    return p.parse_args(argv)
+    return build_parser().parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     uri = mlflow_uri_for(args.results_dir, args.mlflow_uri)
-    probe_mlflow(uri)  # a server that does not answer is one line within seconds, not a hang
     command = shlex.join(["python", "-m", "study.report", *(sys.argv[1:] if argv is None else argv)])
     report = build_report(uri, args.study, args.out, args.results_dir, command)
     print(f"wrote {len(report.files)} files to {report.out}: " + ", ".join(p.name for p in report.files))

@@ -1,8 +1,10 @@
 """Reach the stores: preflight (reachable and writable, before anything starts) and creation.
 
 `preflight` checks every store *before* anything is started: an MLflow server is probed
-through the client layer (`MlflowStore.probe`), a database with one `SELECT 1`, each with
-a short timeout; a file store's directory must be writable. Nothing is created. MLflow
+through the client layer (`MlflowStore.probe`), a database with one `SELECT 1`, a Ray
+address (`auto` resolved as Ray does) with one TCP connect, each with a short timeout; a
+file store's directory must be writable. Nothing is created. The same probes run for every
+command's store flags while its command line is parsed (study/stores/flags.py). MLflow
 itself is imported only where a store is probed or created, so validating a study on the
 embedded default (`--dry-run`, bad input) loads neither MLflow nor Ray.
 `init_stores` then creates the databases once, in the driver (concurrent first-time
@@ -45,15 +47,43 @@ def _check_not_a_directory(url: str, what: str) -> None:
                          f"e.g. sqlite:///{path / 'mlflow.db'}")
 
 
-def _probe_ray(address: str, timeout: float) -> None:
-    """--address host:port (or ray://host:port): something must listen there, or the driver would
-    create the stores and then wait for the cluster forever."""
-    host, _, port = address.removeprefix("ray://").rpartition(":")
+def ray_address_file() -> Path:
+    """Where `ray start --head` records the cluster it started (Ray's temp dir: $RAY_TMPDIR, else
+    $TMPDIR, else /tmp, then `ray/ray_current_cluster`), which `--address auto` joins."""
+    temp = os.environ.get("RAY_TMPDIR") or os.environ.get("TMPDIR") or "/tmp"
+    return Path(temp) / "ray" / "ray_current_cluster"
+
+
+def resolve_ray_address(address: str) -> str:
+    """`auto` -> $RAY_ADDRESS, else the address `ray start` recorded; a UsageError when there is none
+    (Ray would otherwise fail after the stores were created, with a 30-line traceback)."""
+    if address != "auto":
+        return address
+    if os.environ.get("RAY_ADDRESS"):
+        return os.environ["RAY_ADDRESS"]
+    recorded = ray_address_file()
+    try:
+        found = recorded.read_text().strip()
+    except OSError:
+        found = ""
+    if not found:
+        raise UsageError("--address auto: no running Ray cluster found (no $RAY_ADDRESS, nothing recorded in "
+                         f"{str(recorded)!r}); start one with `ray start --head`, or leave --address out to run locally")
+    return found
+
+
+def probe_ray(address: str, timeout: float = PROBE_TIMEOUT_S) -> None:
+    """--address auto, host:port or ray://host:port: something must listen there, or the driver would
+    create the stores and then wait for the cluster forever (or fail with a traceback)."""
+    where = resolve_ray_address(address)
+    host, _, port = where.removeprefix("ray://").rpartition(":")
+    shown = address if where == address else f"{address} ({where})"
     try:
         with socket.create_connection((host, int(port)), timeout=timeout):
             pass
-    except OSError as err:
-        raise UsageError(f"--address {address}: no Ray cluster answers there ({err.strerror or err}); "
+    except (OSError, ValueError) as err:
+        reason = getattr(err, "strerror", None) or str(err)
+        raise UsageError(f"--address {shown}: no Ray cluster answers there ({reason}); "
                          "start one with `ray start --head`, or leave --address out to run locally") from None
 
 
@@ -68,6 +98,16 @@ def probe_mlflow(uri: str, timeout: float = PROBE_TIMEOUT_S) -> None:
         MlflowStore(uri).probe("MLflow server", timeout)
     else:
         _probe_database(uri, "MLflow database", timeout)
+
+
+def probe_optuna(url: str, timeout: float = PROBE_TIMEOUT_S) -> None:
+    """Reach an Optuna storage within `timeout` seconds; a file store must name a file in a writable
+    directory (a UsageError otherwise). Nothing is created."""
+    if scheme_of(url) in ("sqlite", "journal"):
+        _check_not_a_directory(url, "Optuna storage")
+        _check_writable_dir(sqlite_path(url, "Optuna storage").parent, "Optuna storage directory")
+    else:
+        _probe_database(url, "Optuna storage", timeout)
 
 
 def _probe_database(url: str, what: str, timeout: float) -> None:
@@ -92,26 +132,14 @@ def _probe_database(url: str, what: str, timeout: float) -> None:
 def preflight(stores: Stores, timeout: float = PROBE_TIMEOUT_S) -> None:
     """Fail fast (UsageError) on anything unreachable or unwritable; creates nothing."""
     _check_writable_dir(stores.results_dir, "results directory")
-    scheme = scheme_of(stores.mlflow_uri)
-    if scheme == "sqlite":
-        _check_not_a_directory(stores.mlflow_uri, "MLflow URI")
+    probe_mlflow(stores.mlflow_uri, timeout)
+    if scheme_of(stores.mlflow_uri) == "sqlite":
         _check_writable_dir(sqlite_path(stores.mlflow_uri, "MLflow URI").parent, "MLflow store directory")
-    elif scheme in ("http", "https"):
-        from study.stores.mlflow_client import MlflowStore  # MLflow loads only to probe a server
-
-        MlflowStore(stores.mlflow_uri).probe("MLflow server", timeout)
-    else:
-        _probe_database(stores.mlflow_uri, "MLflow database", timeout)
-    scheme = scheme_of(stores.optuna_url)
-    if scheme in ("sqlite", "journal"):
-        _check_not_a_directory(stores.optuna_url, "Optuna storage")
-        _check_writable_dir(sqlite_path(stores.optuna_url, "Optuna storage").parent, "Optuna storage directory")
-    else:
-        _probe_database(stores.optuna_url, "Optuna storage", timeout)
+    probe_optuna(stores.optuna_url, timeout)
     if "://" not in stores.ray_storage:
         _check_writable_dir(Path(stores.ray_storage), "Ray storage path")
-    if stores.ray_address not in (None, "auto"):
-        _probe_ray(stores.ray_address, timeout)
+    if stores.ray_address is not None:  # `auto` too: resolved, then probed
+        probe_ray(stores.ray_address, timeout)
 
 
 # -- creation (driver only, once) ---------------------------------------------------------------
