@@ -39,11 +39,11 @@ def header(title: str, device: str) -> str:
                       f"- device: {device}", f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}", ""])
 
 
-def write_table(out: Path | None, name: str, text: str) -> None:
+def write_table(out: str | Path | None, name: str, text: str) -> None:
     """Write a script's Markdown to `out/name` when `--out` was given (the folder is created)."""
     if out:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / name).write_text(text + "\n")
+        Path(out).mkdir(parents=True, exist_ok=True)
+        (Path(out) / name).write_text(text + "\n")
 
 
 def markdown_table(rows: list[dict], columns: list[str]) -> str:

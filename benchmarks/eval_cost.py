@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -26,6 +27,17 @@ from pathlib import Path
 import torch
 
 from benchmarks.common import header, markdown_table, write_table
+from ddgan.cli import (
+    DEVICE,
+    OVERRIDE,
+    THREADS,
+    ArgumentParser,
+    InputPath,
+    Number,
+    OutputDir,
+    run_cli,
+)
+from study.flags import GridRef
 
 TINY = {"grid": "smoke", "feature_images": {"fmnist": 256, "inception": 2},
         "overrides": ["eval.n_samples=64", "eval.batch_size=64", "eval.reference_n=256",
@@ -126,23 +138,28 @@ def trial_config(grid: str, overrides: list[str], device: str):
     return resolve_config(plan.configs[spec.key], [*overrides, f"train.device={device}"]), spec.key
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--grid", default=None, help="grid whose first DDGAN trial sets the evaluation (default: cpu)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(prog="python -m benchmarks.eval_cost", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--grid", type=GridRef(), default=None, help="grid whose first DDGAN trial sets the evaluation (default: cpu)")
+    p.add_argument("--set", type=OVERRIDE, dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="config override applied to that trial, e.g. --set eval.reference_n=10000")
     p.add_argument("--final", action="store_true", help="also time the final evaluation (final_metrics)")
-    p.add_argument("--extractors", nargs="+", default=["fmnist", "inception"])
-    p.add_argument("--feature-images", type=int, nargs="+", default=None, metavar="N",
+    p.add_argument("--extractors", choices=("fmnist", "inception"), nargs="+", default=["fmnist", "inception"])
+    p.add_argument("--feature-images", type=Number(int, 2, 1_000_000), nargs="+", default=None, metavar="N",
                    help="images per extractor, in --extractors order (default: cpu 10000 256, cuda 60000 5000)")
     p.add_argument("--skip-evaluation", action="store_true", help="table 1 only")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    p.add_argument("--data-dir", default=None, help="Fashion-MNIST IDX directory (else $DDGAN_DATA_DIR)")
-    p.add_argument("--fid-weights", default=None, help="Inception TorchScript file (else found as the study does)")
+    p.add_argument("--device", type=DEVICE, default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--threads", type=THREADS, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--data-dir", type=InputPath("dir"), default=None, help="Fashion-MNIST IDX directory (else $DDGAN_DATA_DIR)")
+    p.add_argument("--fid-weights", type=InputPath("file"), default=None, help="Inception TorchScript file (else found as the study does)")
     p.add_argument("--tiny", action="store_true", help="smoke size: smoke grid (tiny preset), 64 samples, 256 references")
-    p.add_argument("--out", type=Path, default=None, help="directory for eval_cost.md")
-    args = p.parse_args()
+    p.add_argument("--out", type=OutputDir(), default=None, help="directory for eval_cost.md")
+    return p
+
+
+def main(argv=None) -> int | None:
+    args = build_parser().parse_args(argv)  # every flag checked by its class (ddgan/cli.py)
     if args.threads:
         torch.set_num_threads(args.threads)
     from ddgan.data import resolve_data_dir
@@ -171,4 +188,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main))

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -25,6 +26,9 @@ import torch
 
 from benchmarks.common import header, markdown_table, write_table
 from benchmarks.study_timing import derive_grid, start_ray, timed_study
+from ddgan.cli import ArgumentParser, InputPath, Number, OutputDir, run_cli
+from ddgan.errors import UsageError
+from study.flags import GridRef, RayAddress
 
 DEFAULTS = {"cpu": {"grid": "cpu", "steps": 100}, "cuda": {"grid": "full", "steps": 300}}
 TINY = {"grid": "smoke", "steps": 10, "eval": {"n_samples": 32, "batch_size": 32, "reference_n": 200, "grid_size": 4}}
@@ -67,22 +71,27 @@ def run_one(args, n: int, work: Path, data_dir: Path) -> dict:
             "_cfg": cfg}
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(prog="python -m benchmarks.packing", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--concurrency", type=int, nargs="+", default=None, help="default: 1 2 (cpu), 1 2 4 8 (cuda)")
-    p.add_argument("--waves", type=int, default=1, help="trials per run = N x waves (default 1)")
-    p.add_argument("--grid", default=None, help="grid whose first DDGAN cell is run (default: cpu / full; smoke with --tiny)")
-    p.add_argument("--steps", type=int, default=None, help="steps per trial (default: 100 cpu, 300 cuda; 10 with --tiny)")
-    p.add_argument("--cpus-per-trial", type=float, default=None)
-    p.add_argument("--address", default=None, help="join a running Ray cluster instead of starting one")
-    p.add_argument("--data-dir", default=None, help="Fashion-MNIST IDX directory (else $DDGAN_DATA_DIR)")
+    p.add_argument("--concurrency", type=Number(int, 1, 256), nargs="+", default=None, help="default: 1 2 (cpu), 1 2 4 8 (cuda)")
+    p.add_argument("--waves", type=Number(int, 1, 1000), default=1, help="trials per run = N x waves (default 1)")
+    p.add_argument("--grid", type=GridRef(), default=None, help="grid whose first DDGAN cell is run (default: cpu / full; smoke with --tiny)")
+    p.add_argument("--steps", type=Number(int, 1, 1_000_000), default=None, help="steps per trial (default: 100 cpu, 300 cuda; 10 with --tiny)")
+    p.add_argument("--cpus-per-trial", type=Number(float, 0, 1024, low_open=True), default=None)
+    p.add_argument("--address", type=RayAddress(), default=None, help="join a running Ray cluster instead of starting one")
+    p.add_argument("--data-dir", type=InputPath("dir"), default=None, help="Fashion-MNIST IDX directory (else $DDGAN_DATA_DIR)")
     p.add_argument("--tiny", action="store_true", help="smoke size: smoke grid, 10 steps, 32 samples at the end")
-    p.add_argument("--out", type=Path, default=None, help="directory for packing.md")
-    args = p.parse_args()
+    p.add_argument("--out", type=OutputDir(), default=None, help="directory for packing.md")
+    return p
+
+
+def main(argv=None) -> int | None:
+    args = build_parser().parse_args(argv)  # every flag checked by its class (ddgan/cli.py)
     args.concurrency = args.concurrency or ([1, 2] if args.device == "cpu" else [1, 2, 4, 8])
     if args.device == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda: no CUDA device here")
+        raise UsageError("--device cuda: no CUDA device here")
     from ddgan.data import resolve_data_dir
 
     data_dir = resolve_data_dir(args.data_dir).resolve()
@@ -114,4 +123,4 @@ def render(args, rows: list[dict], ray_s: float) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main))

@@ -10,12 +10,13 @@ weights: sampling cost does not depend on what the weights are.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
+import sys
 
 import torch
 
 from benchmarks.common import header, markdown_table, timed, write_table
-from ddgan.config import resolve_config
+from ddgan.cli import DEVICE, ArgumentParser, Number, OutputDir, run_cli
+from ddgan.config import preset_names, resolve_config
 from ddgan.methods import schedule_for
 from ddgan.nets import build_networks
 from ddgan.sampler import sample_ddgan, sample_ddpm
@@ -55,16 +56,21 @@ def rows_for(preset: str, batch: int, device: torch.device, ddgan_T, ddpm_T, rep
     return rows
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", default="small")
-    p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--ddgan-T", type=int, nargs="+", default=[1, 2, 4, 8])
-    p.add_argument("--ddpm-T", type=int, nargs="+", default=[10, 100, 1000])
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--out", type=Path, default=None, help="directory for sample_speed.md")
-    args = p.parse_args()
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(prog="python -m benchmarks.sample_speed", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", choices=preset_names(), default="small")
+    p.add_argument("--batch", type=Number(int, 1, 4096), default=64)
+    p.add_argument("--device", type=DEVICE, default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--ddgan-T", type=Number(int, 1, 10_000), nargs="+", default=[1, 2, 4, 8])
+    p.add_argument("--ddpm-T", type=Number(int, 1, 10_000), nargs="+", default=[10, 100, 1000])
+    p.add_argument("--repeats", type=Number(int, 1, 1000), default=3)
+    p.add_argument("--out", type=OutputDir(), default=None, help="directory for sample_speed.md")
+    return p
+
+
+def main(argv=None) -> int | None:
+    args = build_parser().parse_args(argv)  # every flag checked by its class (ddgan/cli.py)
     device = torch.device(args.device)
     rows = rows_for(args.preset, args.batch, device, args.ddgan_T, args.ddpm_T, args.repeats)
     ref_col = f"speed-up vs DDPM T={max(args.ddpm_T)}"
@@ -75,4 +81,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main))

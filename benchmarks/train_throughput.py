@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -35,7 +36,8 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
 from benchmarks.common import GpuUtilization, header, markdown_table, write_table
-from ddgan.config import resolve_config
+from ddgan.cli import DEVICE, ArgumentParser, InputPath, Number, OutputDir, run_cli
+from ddgan.config import preset_names, resolve_config
 from ddgan.data import load_fashion_mnist, resolve_data_dir, to_model_range
 from ddgan.losses import get_objective, r1_penalty
 from ddgan.methods import schedule_for
@@ -224,19 +226,24 @@ def trainer_loop(cfg, images_uint8, steps: int, device: torch.device, out: Path,
     return steps * cfg.train.batch_size / (end["t"] - batches.start)
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--presets", nargs="+", default=["tiny", "small"])
-    p.add_argument("--methods", nargs="+", default=["ddgan", "ddpm"])
-    p.add_argument("--steps", type=int, default=30)
-    p.add_argument("--repeats", type=int, default=3, help="timed runs of each arm; the table gives medians")
-    p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--T", type=int, default=4, help="DDGAN T (DDPM uses 1000)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(prog="python -m benchmarks.train_throughput", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--presets", choices=preset_names(), nargs="+", default=["tiny", "small"])
+    p.add_argument("--methods", choices=("ddgan", "ddpm"), nargs="+", default=["ddgan", "ddpm"])
+    p.add_argument("--steps", type=Number(int, 1, 1_000_000), default=30)
+    p.add_argument("--repeats", type=Number(int, 1, 1000), default=3, help="timed runs of each arm; the table gives medians")
+    p.add_argument("--batch", type=Number(int, 1, 4096), default=64)
+    p.add_argument("--T", type=Number(int, 1, 10_000), default=4, help="DDGAN T (DDPM uses 1000)")
+    p.add_argument("--device", type=DEVICE, default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--compile", action="store_true", help="torch.compile in the trainer")
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--out", type=Path, default=None, help="directory for train_throughput.md")
-    args = p.parse_args()
+    p.add_argument("--data-dir", type=InputPath("dir"), default=None)
+    p.add_argument("--out", type=OutputDir(), default=None, help="directory for train_throughput.md")
+    return p
+
+
+def main(argv=None) -> int | None:
+    args = build_parser().parse_args(argv)  # every flag checked by its class (ddgan/cli.py)
     device = torch.device(args.device)
     images, _ = load_fashion_mnist(resolve_data_dir(args.data_dir), "train")
     rows = []
@@ -270,4 +277,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main))
