@@ -23,8 +23,6 @@ from typing import Any
 import torch
 from optuna.trial import TrialState
 
-from ddgan.config import Config
-from ddgan.metrics.evaluator import prepare_reference
 from study import cost, stores, summary, tuning
 from study.grid import TrialSpec
 from study.prepare import Prepared, StudyOptions, newest_checkpoints, prepare
@@ -34,6 +32,7 @@ from study.stores.tracking import Tracker
 from study.stores.uris import chosen_cache_dir
 from study.tuning.project import this_project
 from study.tuning.pruning import CellBook, build_pruner, register_driver
+from study.tuning.references import distinct_eval_configs, run_reference_task
 from study.tuning.trial import TrialContext
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -91,17 +90,18 @@ def write_plan_file(prep: Prepared) -> None:
     tmp.replace(prep.stores.plan_file)
 
 
-def prepare_references(prep: Prepared) -> None:
-    """Reference statistics for every distinct eval config, computed once before any trial."""
-    seen = set()
-    for config in prep.plan.configs.values():
-        eval_cfg = Config.from_dict(config).eval
-        key = (eval_cfg.metrics, eval_cfg.final_metrics, eval_cfg.n_samples, eval_cfg.final_n_samples,
-               eval_cfg.reference_split, eval_cfg.reference_n)
-        if key in seen or not (eval_cfg.metrics or eval_cfg.final_metrics):
-            continue
-        seen.add(key)
-        prepare_reference(eval_cfg, prep.data_dir, "cpu", cache_dir=cache_dir(prep), fid_weights=prep.fid_weights)
+def prepare_references(prep: Prepared) -> Prepared:
+    """Reference statistics for every distinct eval config, computed once before any trial, as one
+    Ray task with a trial's resources on the trials' device (`study.tuning.references`; Ray must be
+    up). Returns `prep` with the Inception weights that task used (absolute path, sha256)."""
+    configs = distinct_eval_configs(prep.plan.configs)
+    if not configs:
+        return prep
+    done = run_reference_task(configs, data_dir=str(prep.data_dir) if prep.data_dir else None,
+                              cache_dir=cache_dir(prep), fid_weights=prep.fid_weights,
+                              fid_weights_sha256=prep.fid_weights_sha256, cpus_per_trial=prep.grid.resources.cpus,
+                              gpus_per_trial=prep.grid.resources.gpus)
+    return dataclasses.replace(prep, fid_weights=done["fid_weights"], fid_weights_sha256=done["fid_weights_sha256"])
 
 
 def cache_dir(prep: Prepared) -> str:
@@ -129,12 +129,12 @@ def run_study(options: StudyOptions) -> str:
     figures = cost.load_figures()["gpu" if prep.grid.resources.gpus > 0 and torch.cuda.is_available() else "cpu"]
     if options.verbose:
         print(f"{len(prep.plan.trials)} trials; " + cost.describe(prep.plan, figures, cost.load_figures()["gpu"])[2].strip())
-    prepare_references(prep)
+    tuning.init_ray(options.address, prep.grid.resources.gpus)
+    prep = prepare_references(prep)  # on the cluster, where the trials run
     hooks, context = _bookkeeping(prep)
     if options.verbose:  # one overall progress line (trials, steps, ETA) beside Ray's per-phase table
         hooks.progress = Progress(prep.plan, hooks.book, figures, cost.local_slots(prep.plan))
     register_driver(prep.stores.study, hooks)
-    tuning.init_ray(options.address, prep.grid.resources.gpus)
     resources = {"cpu": prep.grid.resources.cpus, "gpu": prep.grid.resources.gpus}
     for phase in ("train", "sample"):
         specs = prep.plan.phase(phase)
@@ -210,5 +210,5 @@ def _bookkeeping(prep: Prepared):
         study=where.study, metric=plan.grid.metric, mlflow_uri=where.mlflow_uri, run_ids=run_ids,
         optuna_numbers={k: r.number for k, r in refs.items()}, specs={s.key: s.to_dict() for s in plan.trials},
         configs=plan.configs, data_dir=str(prep.data_dir) if prep.data_dir else None, cache_dir=cache_dir(prep),
-        fid_weights=prep.fid_weights, cpus_per_trial=plan.grid.resources.cpus, project=this_project())
+        fid_weights=prep.fid_weights, fid_weights_sha256=prep.fid_weights_sha256, cpus_per_trial=plan.grid.resources.cpus, project=this_project())
     return hooks, context
