@@ -20,6 +20,7 @@ network ops (fused Adam and foreach EMA may issue fewer optimiser ops there).
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from collections import Counter
 from typing import Any
@@ -29,6 +30,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
 from benchmarks.common import command, header, markdown_table
+from ddgan.cli import ArgumentParser, Number, run_cli
 
 PRESETS = ("tiny", "small", "paper")
 METHODS = ("ddgan", "ddpm")
@@ -138,12 +140,18 @@ def as_yaml(counts: dict[str, dict], batch: int) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(prog="python -m benchmarks.flops", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--presets", nargs="+", default=list(PRESETS), choices=PRESETS)
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-    p.add_argument("--batch", type=int, default=4, help="batch the step is counted at (FLOPs are given per image)")
-    args = p.parse_args()
+    p.add_argument("--batch", type=Number(int, 1, 4096), default=4,
+                   help="batch the step is counted at (FLOPs are given per image)")
+    return p
+
+
+def main(argv=None) -> int | None:
+    args = build_parser().parse_args(argv)  # every flag checked by its class (ddgan/cli.py)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     counts = count_all(args.presets, args.methods, args.batch)
     rows = [{"preset": preset, "method": method, **r, **{f"sample {k}": v for k, v in counts["sample"][preset][method].items()}}
@@ -157,4 +165,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main))

@@ -36,7 +36,8 @@ from ddgan.paths import check_input_path, check_output_dir, check_output_file
 
 class ArgumentParser(argparse.ArgumentParser):
     """argparse whose errors are a UsageError (one line, exit 2 through `run_cli`), not a usage block;
-    after parsing, each flag type's `after_parse` check runs (reaching a store, say)."""
+    after parsing, each flag type's `after_parse` check runs (reaching a store, say). Subcommands
+    (`add_subparsers`) are parsers of this class too."""
 
     def error(self, message: str):  # type: ignore[override]
         # "argument --out: 'x' is not writable" -> "--out 'x' is not writable" (a guard's own sentence)
@@ -48,8 +49,14 @@ class ArgumentParser(argparse.ArgumentParser):
         self.__dict__.setdefault("arguments", []).append(action)  # what tests/test_cli_classes.py reads
         return action
 
-    def parse_args(self, args=None, namespace=None):  # type: ignore[override]
-        parsed = super().parse_args(args, namespace)
+    def add_subparsers(self, **kwargs):
+        kwargs.setdefault("parser_class", ArgumentParser)
+        action = super().add_subparsers(**kwargs)
+        self.__dict__.setdefault("arguments", []).append(action)  # its `choices`: name -> parser
+        return action
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+        parsed, extras = super().parse_known_args(args, namespace)
         for action in self.__dict__.get("arguments", []):
             check = getattr(action.type, "after_parse", None)
             value = getattr(parsed, action.dest, None)
@@ -62,7 +69,7 @@ class ArgumentParser(argparse.ArgumentParser):
                 except UsageError as err:
                     text = str(err)
                     raise UsageError(text if text.startswith(flag) else f"{flag} {text}") from None
-        return parsed
+        return parsed, extras
 
 
 def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> int:
