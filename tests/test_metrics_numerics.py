@@ -94,6 +94,15 @@ def test_resize_of_colour_images_is_per_channel():
     np.testing.assert_array_equal(ours.numpy(), _clean_fid_per_channel(rgb))
 
 
+def test_resize_benchmark_checks_equality_and_reports_finite_ratios():
+    from benchmarks.inception_resize import measure, table
+
+    rows = measure(8, 1)
+    assert [r["path"] for r in rows][0].startswith("per channel") and rows[0]["speed_up"] == 1.0
+    assert all(np.isfinite(r["ms_per_image"]) and r["speed_up"] > 0 for r in rows)
+    assert table(rows).count("\n") == len(rows) + 1
+
+
 def test_an_expanded_grayscale_batch_gives_the_features_of_the_full_batch():
     network = InceptionNetwork(lambda x: x.mean(dim=(2, 3)) * torch.tensor([1.0, 2.0, 3.0]), "test", "cpu")
     x = resize_for_inception(torch.randint(0, 256, (4, 1, 28, 28), dtype=torch.uint8))
