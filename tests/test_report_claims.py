@@ -210,3 +210,18 @@ def test_no_study_no_claims():
     plan = ContrastPlan((), "none")
     analysis = analyse(pd.DataFrame(columns=[M]), best, M, plan)
     assert analysis.claims == [] and claims_section(analysis, best, M, "min") == []
+
+
+def test_the_plan_comes_from_the_recorded_grid_file_else_from_the_cells(tmp_path):
+    from study.grid import GRID_DIR, expand, load_grid
+    from study.report.contrasts import study_plan
+
+    summary = study({("ns", 1): 100.0, ("tv", 1): 100.0})
+    best = best_by_cell(summary, M, "min")
+    fallback = study_plan(str(tmp_path / "gone.yaml"), best)
+    assert "defaults derived from the study's cells" in fallback.source and "not on this machine" in fallback.source
+    assert [c.name for c in fallback.contrasts if c.absent is None] == ["tv vs ns at T=1"]
+    smoke = str(GRID_DIR / "smoke.yaml")
+    plan = study_plan(smoke, best, expand(*load_grid(smoke)).fingerprint())
+    assert plan.contrasts[0].name == "hellinger vs ns at T=2" and "changed" not in plan.source
+    assert "has changed since the study ran" in study_plan(smoke, best, "0123456789abcdef").source

@@ -19,13 +19,13 @@ with few contrasts, because every extra one raises Holm's bar for all of them:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pandas as pd
 
 from ddgan.errors import ConfigError, UsageError
-from study.grid import Grid, load_grid
+from study.grid import Grid, expand, load_grid
 from study.report.tables import duplicated_by_sampling_cell
 
 REFERENCE_LOSS = "ns"
@@ -153,15 +153,20 @@ def best_cell_infos(best: pd.DataFrame) -> list[CellInfo]:
                      None if pd.isna(r["sampling_steps"]) else int(r["sampling_steps"])) for _, r in rows.iterrows()]
 
 
-def study_plan(grid_path: str | None, best: pd.DataFrame) -> ContrastPlan:
-    """The grid file the study recorded (parent-run tag `grid`), else the defaults of its cells."""
+def study_plan(grid_path: str | None, best: pd.DataFrame, fingerprint: str | None = None) -> ContrastPlan:
+    """The grid file the study recorded (parent-run tag `grid`), else the defaults of its cells.
+    A grid file whose trials no longer match the study's `fingerprint` tag is used, and said so."""
     why = "the study recorded no grid file"
     if grid_path:
         why = f"its grid file `{grid_path}` is not on this machine"
         if Path(grid_path).is_file():
             try:
-                grid, _ = load_grid(grid_path)
-                return plan_from_grid(grid, grid_path)
+                grid, path = load_grid(grid_path)
+                plan = plan_from_grid(grid, grid_path)
+                if fingerprint and expand(grid, path).fingerprint() != fingerprint:
+                    plan = replace(plan, source=plan.source + " (the file has changed since the study ran: its "
+                                                              "trials no longer match the study's fingerprint)")
+                return plan
             except (ConfigError, UsageError) as err:
                 why = f"its grid file `{grid_path}` does not load ({err})"
     return ContrastPlan(tuple(default_contrasts(best_cell_infos(best))),
