@@ -11,6 +11,7 @@ from scipy import stats
 from study.report.stats import (
     contrast_weights,
     detectable_difference,
+    equal_scatter_p,
     estimate_contrast,
     fit_additive,
     holm,
@@ -163,3 +164,11 @@ def test_power_is_finite_where_scipys_lower_tail_is_not():
     """scipy's nct.cdf(-c, df, ncp) is NaN for df 1-3 at ncp ~ 10 (the report met it at 2 seeds)."""
     assert 0.59 < power_two_sided(10.58, 1.0, 1, 0.05) < 0.6
     assert math.isfinite(detectable_difference(0.3, 1, 0.05 / 3))
+
+
+def test_equal_scatter_is_bartletts_test():
+    rng = np.random.default_rng(8)
+    groups = [list(rng.standard_normal(8)) for _ in range(3)]
+    assert equal_scatter_p(groups) == pytest.approx(stats.bartlett(*groups).pvalue)
+    assert equal_scatter_p([*groups, list(30 * rng.standard_normal(8))]) < 1e-4
+    assert math.isnan(equal_scatter_p([groups[0], [1.0, 2.0]]))  # one group of three or more

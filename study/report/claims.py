@@ -28,6 +28,7 @@ from study.report.stats import (
     ContrastEstimate,
     contrast_weights,
     detectable_difference,
+    equal_scatter_p,
     estimate_contrast,
     fit_additive,
     holm,
@@ -37,7 +38,6 @@ from study.report.tables import MS, cell_label, duplicated_by_sampling_cell, fmt
 
 RESOLVED, UNRESOLVED = "resolved", "not resolved at this scale"
 NO_INTERVAL, NO_DATA, NOT_IN_DESIGN = "no interval", "no data", "not in this design"
-UNEQUAL_SCATTER = 3.0  # largest / smallest per-cell SD over seeds above which a pooled fit is flagged
 
 
 @dataclass(frozen=True)
@@ -141,19 +141,17 @@ def _missing_seed_notes(values: dict[str, dict[int, float]], cells: list[str], s
 
 
 def _scatter_notes(values: dict[str, dict[int, float]], cells: list[str], plan: ContrastPlan) -> list[str]:
-    """Flag a pooled fit over cells whose scatter over seeds differs by more than UNEQUAL_SCATTER x.
-    The raw SD over seeds holds the seed effect, common to every cell, so the ratio understates the
-    difference in residual scatter: a flagged design is certainly unequal."""
-    sd = {c: float(np.std(list(values[c].values()), ddof=1)) for c in cells if len(values[c]) >= 3}
-    if plan.variance != "study" or len(sd) < 2 or min(sd.values()) <= 0:
+    """Flag a pooled fit over cells that do not scatter alike over seeds (Bartlett p < 0.05)."""
+    groups = {c: list(values[c].values()) for c in cells if len(values[c]) >= 3}
+    p = equal_scatter_p(list(groups.values()))
+    if plan.variance != "study" or not p < 0.05:
         return []
+    sd = {c: float(np.std(g, ddof=1)) for c, g in groups.items()}
     low, high = min(sd, key=sd.get), max(sd, key=sd.get)
-    if sd[high] / sd[low] <= UNEQUAL_SCATTER:
-        return []
-    return [f"the scatter over seeds differs between cells (SD {fmt(sd[low], 3)} in `{low}`, {fmt(sd[high], 3)} "
-            f"in `{high}`): the pooled residual variance makes intervals too narrow for contrasts of the noisiest "
-            "cells and too wide for the others; `contrasts: {variance: contrast}` in the grid tests each "
-            "contrast on its own cells"]
+    return [f"the scatter over seeds differs between cells (SD {fmt(sd[low], 3)} in `{low}` to {fmt(sd[high], 3)} "
+            f"in `{high}`; Bartlett p {_p(p)}): the pooled residual variance makes intervals too narrow for "
+            "contrasts of the noisiest cells and too wide for the others; `contrasts: {variance: contrast}` in "
+            "the grid tests each contrast on its own cells"]
 
 
 # -- Markdown -------------------------------------------------------------------------------------

@@ -123,6 +123,16 @@ def seed_block_test(fit: AdditiveFit) -> tuple[float, int, int, float]:
     return float(F), df1, fit.df, float(stats.f.sf(F, df1, fit.df))
 
 
+def equal_scatter_p(groups: list[list[float]]) -> float:
+    """Bartlett's test that every group (a cell's values over seeds) scatters alike; NaN with fewer
+    than two groups of three or more values. The seed effect adds the same variance to every cell,
+    so equal residual variances mean equal variances here."""
+    groups = [g for g in groups if len(g) >= 3]
+    if len(groups) < 2 or any(np.std(g) == 0 for g in groups):
+        return math.nan
+    return float(stats.bartlett(*groups).pvalue)
+
+
 @dataclass(frozen=True)
 class ContrastEstimate:
     estimate: float  # w . alpha_hat: the difference
