@@ -76,8 +76,14 @@ def test_a_missing_seed_drops_only_its_block_in_a_two_cell_fit():
 def test_unconnected_or_empty_cells_give_no_estimate():
     y = np.array([[1.0, 2.0, math.nan, math.nan], [math.nan, math.nan, 3.0, 4.0]])
     fit = fit_additive(y, ["a", "b"], (0, 1, 2, 3))
-    assert not fit.connected
+    assert fit.rank == 4 < 2 + 4 - 1  # two parts that share no seed
     assert math.isnan(estimate_contrast(fit, contrast_weights(["a"], ["b"])).estimate)
+    # a third cell that shares seeds with a: a - c is estimable, and equals the paired result
+    y = np.vstack([y, [1.5, 2.7, math.nan, math.nan]])
+    est = estimate_contrast(fit_additive(y, ["a", "b", "c"], (0, 1, 2, 3)), contrast_weights(["c"], ["a"]))
+    assert est.estimate == pytest.approx(0.6) and est.df == 1 and est.seeds == 2
+    assert math.isnan(estimate_contrast(fit_additive(y, ["a", "b", "c"], (0, 1, 2, 3)),
+                                        contrast_weights(["c"], ["b"])).estimate)
     fit = fit_additive(np.array([[1.0, 2.0], [math.nan, math.nan]]), ["a", "b"], (0, 1))
     assert fit.cells == ("a",)
     assert math.isnan(estimate_contrast(fit, contrast_weights(["a"], ["b"])).estimate)

@@ -47,19 +47,11 @@ class AdditiveFit:
     seeds: tuple[int, ...]
     values: np.ndarray  # (cells, seeds), NaN where not observed
     coef: np.ndarray  # alpha (one per cell) then beta (seeds[1:]; beta of seeds[0] is 0)
-    cov_unscaled: np.ndarray  # (X'X)^-1 of those coefficients
+    cov_unscaled: np.ndarray  # (X'X)^+ of those coefficients (the inverse when the design is connected)
     residual_var: float  # sigma^2 hat; NaN with no residual degrees of freedom
-    df: int  # residual degrees of freedom: observations - parameters
-    connected: bool  # every cell linked to every other through shared seeds (contrasts estimable)
-
-    @property
-    def n_obs(self) -> int:
-        return int(np.isfinite(self.values).sum())
-
-    def cell_means(self) -> dict[str, float]:
-        """Plain mean over each cell's observed seeds (what the tables print)."""
-        return {c: float(np.nanmean(row)) if np.isfinite(row).any() else math.nan
-                for c, row in zip(self.cells, self.values, strict=True)}
+    df: int  # residual degrees of freedom: observations - rank
+    rank: int  # rank of the design; cells + seeds - 1 when every cell is linked to every other by seeds
+    row_space: np.ndarray  # X^+ X: a contrast w is estimable iff row_space @ w == w
 
     def seeds_of(self, cell: str) -> tuple[int, ...]:
         row = self.values[self.cells.index(cell)]
@@ -93,30 +85,27 @@ def fit_additive(values: np.ndarray | list, cells: list[str] | tuple[str, ...],
     cells = tuple(c for c, k in zip(cells, keep_c, strict=True) if k)
     seeds = tuple(s for s, k in zip(seeds, keep_s, strict=True) if k)
     values = values[keep_c][:, keep_s]
-    n_params = len(cells) + len(seeds) - 1
     if not cells:
-        return AdditiveFit(cells, seeds, values, np.zeros(0), np.zeros((0, 0)), math.nan, 0, False)
+        return AdditiveFit(cells, seeds, values, np.zeros(0), np.zeros((0, 0)), math.nan, 0, 0, np.zeros((0, 0)))
     X, y = _design(values)
-    rank = np.linalg.matrix_rank(X)
-    connected = rank == n_params  # full column rank <=> the cell-seed graph is connected
-    if not connected:
-        return AdditiveFit(cells, seeds, values, np.full(n_params, math.nan),
-                           np.full((n_params, n_params), math.nan), math.nan, 0, False)
-    cov = np.linalg.inv(X.T @ X)
-    coef = cov @ X.T @ y
-    df = len(y) - n_params
+    # Cells in parts of the design that share no seed cannot be compared: the pseudo-inverse fits
+    # each connected part, and estimate_contrast refuses a contrast outside the row space.
+    pinv = np.linalg.pinv(X)
+    rank = int(np.linalg.matrix_rank(X))
+    coef = pinv @ y
+    df = len(y) - rank
     residual = y - X @ coef
     var = float(residual @ residual / df) if df > 0 else math.nan
-    return AdditiveFit(cells, seeds, values, coef, cov, var, int(df), True)
+    return AdditiveFit(cells, seeds, values, coef, pinv @ pinv.T, var, df, rank, pinv @ X)
 
 
 def seed_block_test(fit: AdditiveFit) -> tuple[float, int, int, float]:
     """(F, df1, df2, p) of the seed block: cell-only model against cell + seed."""
-    if not fit.connected or fit.df <= 0 or len(fit.seeds) < 2:
+    df1 = fit.rank - len(fit.cells)  # what the seeds add to the cell-only model's rank
+    if fit.df <= 0 or df1 <= 0:
         return math.nan, 0, 0, math.nan
     sse_full = fit.residual_var * fit.df
     sse_cells = float(sum(np.nansum((row - np.nanmean(row)) ** 2) for row in fit.values))
-    df1 = len(fit.seeds) - 1
     if sse_full <= 0:
         return math.inf, df1, fit.df, 0.0
     F = (sse_cells - sse_full) / df1 / (sse_full / fit.df)
@@ -159,16 +148,18 @@ def contrast_weights(a: list[str] | tuple[str, ...], b: list[str] | tuple[str, .
 
 def estimate_contrast(fit: AdditiveFit, weights: dict[str, float], alpha: float = 0.05) -> ContrastEstimate:
     """The contrast sum_c w_c alpha_c of `fit`, its t-interval and two-sided p. NaN where a cell of
-    the contrast has no observation, the design is not connected, or no residual df is left."""
+    the contrast has no observation, its cells share no seeds (not estimable), or no residual df is left."""
     if abs(sum(weights.values())) > 1e-9:
         raise ValueError(f"contrast weights must sum to 0, got {sum(weights.values()):g}")
     nan = ContrastEstimate(math.nan, math.nan, 0, math.nan, math.nan, math.nan, math.nan, 0)
     used = [c for c, w in weights.items() if w != 0]
-    if not fit.connected or any(c not in fit.cells for c in used):
+    if any(c not in fit.cells for c in used):
         return nan
     w = np.zeros(len(fit.coef))
     for cell in used:
         w[fit.cells.index(cell)] = weights[cell]
+    if not np.allclose(fit.row_space @ w, w, atol=1e-9):  # cells in parts of the design that share no seed
+        return nan
     estimate = float(w @ fit.coef)
     complete = len(set.intersection(*(set(fit.seeds_of(c)) for c in used)))
     if fit.df <= 0 or not math.isfinite(fit.residual_var):
