@@ -212,14 +212,30 @@ def capture_rng_state() -> dict[str, Any]:
     return state
 
 
+def _cpu_bytes(state: torch.Tensor) -> torch.Tensor:
+    """An RNG state as the CPU ByteTensor the setters demand, wherever the loader mapped it."""
+    return state.detach().to("cpu", torch.uint8)
+
+
 def restore_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
+    """Set the global RNGs from `capture_rng_state()`'s dict.
+
+    A checkpoint loaded with `map_location="cuda"` (or any mapping) holds these states as
+    device tensors; torch's setters accept only CPU ByteTensors, so each is brought back
+    here. CUDA states are restored for the devices both the checkpoint and this process
+    have (a trial retried on a node with other visible devices still resumes).
+    """
+    torch.set_rng_state(_cpu_bytes(state["torch"]))
     np_state = state["numpy"]
+    keys = np_state["keys"]
+    keys = keys.detach().cpu().numpy() if isinstance(keys, torch.Tensor) else np.asarray(keys)
     np.random.set_state(
-        ("MT19937", np_state["keys"].numpy().astype(np.uint32), np_state["pos"], np_state["has_gauss"],
-         np_state["cached_gaussian"])
+        ("MT19937", keys.astype(np.uint32), int(np_state["pos"]), int(np_state["has_gauss"]),
+         float(np_state["cached_gaussian"]))
     )
     py = state["python"]
     random.setstate((py["version"], tuple(py["internal"]), py["gauss"]))
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        cuda_states = list(state["cuda"])[: torch.cuda.device_count()]
+        for index, cuda_state in enumerate(cuda_states):
+            torch.cuda.set_rng_state(_cpu_bytes(cuda_state), index)

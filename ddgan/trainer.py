@@ -100,7 +100,7 @@ class _Loop:
         return path
 
     def restore(self, path: Path, state: dict | None = None) -> None:
-        state = load_checkpoint(path, map_location=self.method.device) if state is None else state
+        state = load_checkpoint(path) if state is None else state  # on the CPU: load_state_dict moves weights
         saved = Config.from_dict(state["config"]).to_dict()
         for section in ("method", "model", "diffusion", "objective"):
             if saved[section] != self.cfg.to_dict()[section]:
@@ -197,7 +197,7 @@ def train(
     data_dir = Path(data_dir) if data_dir is not None else None
     # A corrupt checkpoint is refused before the data, networks and evaluator are built.
     resume_path = _resume_path(resume_from)
-    resume_state = load_checkpoint(resume_path, map_location=device) if resume_path is not None else None
+    resume_state = load_checkpoint(resume_path) if resume_path is not None else None
     seed_everything(cfg.train.seed)
     method = build_method(cfg, device)
     if data is None:

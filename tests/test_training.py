@@ -125,9 +125,66 @@ def test_exact_resume_matches_uninterrupted(tmp_path):
             assert m_a[key] == pytest.approx(m_b[key], rel=1e-5, abs=1e-6)
     a = load_checkpoint(list_checkpoints(tmp_path / "full" / "checkpoints")[-1])
     b = load_checkpoint(list_checkpoints(tmp_path / "split" / "checkpoints")[-1])
-    for net in ("generator", "discriminator"):
-        for key, value in a["networks"][net].items():
-            torch.testing.assert_close(value, b["networks"][net][key], rtol=1e-5, atol=1e-6)
+    # The EMA weights are what sampling, evaluation and export use: a resume that skips them
+    # (or restarts the average) must fail here, not only in a sample grid.
+    for group, names in (("networks", ("generator", "discriminator")), ("ema", ("generator",))):
+        assert set(a[group]) == set(b[group]) and set(names) <= set(a[group])
+        for net in names:
+            for key, value in a[group][net].items():
+                torch.testing.assert_close(value, b[group][net][key], rtol=1e-5, atol=1e-6)
+    for group in ("optimizers", "lr_schedulers"):
+        assert a[group].keys() == b[group].keys()
+
+
+def test_resume_restores_the_ema_not_the_raw_weights(tmp_path):
+    """Control for the test above: the EMA after a resume differs from the raw generator's weights,
+    so comparing the EMA can catch a resume that rebuilt it from the networks."""
+    cfg = tiny()
+    train(cfg, tmp_path, data=Batches(two_mode_data(32), 8), evaluator=null_evaluator)
+    state = load_checkpoint(list_checkpoints(tmp_path / "checkpoints")[-1])
+    ema, raw = state["ema"]["generator"], state["networks"]["generator"]
+    differing = [k for k, v in ema.items() if v.is_floating_point() and not torch.equal(v, raw[k])]
+    assert len(differing) > len(ema) // 2, differing
+
+
+def test_checkpoints_beyond_keep_are_pruned_oldest_first(tmp_path):
+    """12 steps, a checkpoint every 2 and at each evaluation (every 3): 8 written, `keep` newest kept."""
+    cfg = tiny(**{"train.steps": 12, "eval.every": 3, "checkpoint.every": 2, "checkpoint.keep": 3})
+    written = []
+
+    class Written(Callback):
+        def on_checkpoint(self, step, path):
+            written.append(step)
+
+    train(cfg, tmp_path, data=Batches(two_mode_data(32), 8), callbacks=[Written()], evaluator=null_evaluator)
+    assert written == [2, 3, 4, 6, 8, 9, 10, 12]
+    kept = list_checkpoints(tmp_path / "checkpoints")
+    assert [p.name for p in kept] == ["ckpt_0000009.pt", "ckpt_0000010.pt", "ckpt_0000012.pt"]
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [p.name for p in kept]  # no temp files
+    assert load_checkpoint(tmp_path / "checkpoints")["step"] == 12
+
+
+@pytest.mark.parametrize("mapped_dtype", [torch.int16, torch.float32])
+def test_rng_states_restore_however_the_loader_mapped_them(mapped_dtype):
+    """torch's RNG setters take only CPU ByteTensors; a checkpoint loaded with map_location="cuda"
+    holds CUDA tensors ("RNG state must be a torch.ByteTensor"). On a CPU the same refusal is
+    met by a state of another dtype, so that is what this test maps to; tests/test_gpu.py maps to CUDA."""
+    import random
+
+    import numpy as np
+
+    from ddgan.checkpoint import capture_rng_state, restore_rng_state
+
+    torch.manual_seed(5), np.random.seed(5), random.seed(5)
+    state = capture_rng_state()
+    expected = (torch.rand(3), np.random.rand(3), random.random())
+    mapped = {**state, "torch": state["torch"].to(mapped_dtype),
+              "numpy": {**state["numpy"], "keys": state["numpy"]["keys"].to(torch.float64)}}
+    torch.manual_seed(0), np.random.seed(0), random.seed(0)
+    restore_rng_state(mapped)
+    torch.testing.assert_close(torch.rand(3), expected[0], rtol=0, atol=0)
+    np.testing.assert_array_equal(np.random.rand(3), expected[1])
+    assert random.random() == expected[2]
 
 
 def test_checkpoint_round_trip_gives_identical_samples(tmp_path):
