@@ -19,6 +19,8 @@ import ddgan
 import study
 
 SUFFIXES = (".py", ".pt", ".json")  # the code and the committed feature-extractor weights
+TRIAL_CODE = ("tuning", "stores")  # the parts of `study` a trial runs (with all of `ddgan`); the
+# rest (report, export, ...) may change while a study runs without changing what trials compute
 
 
 class ProjectMismatch(RuntimeError):
@@ -31,7 +33,7 @@ def code_fingerprint(packages: tuple[Path, ...]) -> str:
     for package in packages:
         files = sorted(p for p in package.rglob("*") if p.suffix in SUFFIXES and "__pycache__" not in p.parts)
         for path in files:
-            digest.update(f"{package.name}/{path.relative_to(package).as_posix()}\0".encode())
+            digest.update(f"{package.name}/{path.relative_to(package).as_posix()}\0".encode())  # not its place
             digest.update(path.read_bytes())
             digest.update(b"\0")
     return digest.hexdigest()[:16]
@@ -39,11 +41,13 @@ def code_fingerprint(packages: tuple[Path, ...]) -> str:
 
 @functools.cache
 def this_project() -> dict[str, str]:
-    """This process's project: where `study` was imported from, its code fingerprint, the host.
+    """This process's project: where `study` was imported from, the fingerprint of the code a
+    trial runs (`ddgan`, `study.tuning`, `study.stores`), the host.
 
     Computed once per process, when first asked (the code it imported then)."""
-    packages = (Path(ddgan.__file__).resolve().parent, Path(study.__file__).resolve().parent)
-    return {"path": str(packages[1].parent), "code": code_fingerprint(packages), "host": socket.gethostname()}
+    root = Path(study.__file__).resolve().parents[1]
+    packages = (Path(ddgan.__file__).resolve().parent, *(root / "study" / name for name in TRIAL_CODE))
+    return {"path": str(root), "code": code_fingerprint(packages), "host": socket.gethostname()}
 
 
 def describe(project: dict[str, str]) -> str:
