@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from torchvision.utils import make_grid
 
 
 def to_uint8(images: torch.Tensor | np.ndarray) -> torch.Tensor:
@@ -34,6 +33,9 @@ def to_uint8(images: torch.Tensor | np.ndarray) -> torch.Tensor:
 
 def save_grid(images: torch.Tensor | np.ndarray, path: str | Path, nrow: int = 8) -> Path:
     """Write images (N, C, H, W) (float in [-1, 1] or uint8) as an `nrow`-wide PNG grid; atomic."""
+    # torchvision (and torch._dynamo with it) loads here, not on import: a CLI's refusal need not wait
+    from torchvision.utils import make_grid
+
     x = to_uint8(images)  # (N, C, H, W)
     if len(x) == 0:
         raise ValueError("save_grid needs at least one image")
