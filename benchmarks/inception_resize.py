@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from benchmarks.common import header, write_table
-from ddgan.cli import ArgumentParser, run_cli
+from ddgan.cli import THREADS, ArgumentParser, Number, OutputDir, run_cli
 from ddgan.metrics.inception import INPUT_SIZE, resize_for_inception
 
 
@@ -63,20 +63,22 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog="python -m benchmarks.inception_resize", description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--n", type=int, default=256, help="images per repeat (default: 256)")
-    p.add_argument("--repeats", type=int, default=5, help="interleaved repeats; medians reported (default: 5)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    p.add_argument("--out", default=None, help="folder for inception_resize.md")
-    return p.parse_args(argv)
+    p.add_argument("--n", type=Number(int, 8, 100_000), default=256, help="images per repeat (default: 256)")
+    p.add_argument("--repeats", type=Number(int, 1, 1000), default=5, help="interleaved repeats; medians reported (default: 5)")
+    p.add_argument("--threads", type=THREADS, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--out", type=OutputDir(), default=None, help="folder for inception_resize.md")
+    return p
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)  # every flag checked by its class (ddgan/cli.py)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.n < 8 or args.repeats < 1:
-        raise SystemExit("--n must be >= 8 and --repeats >= 1")
     if args.threads:
         torch.set_num_threads(args.threads)
     rows = measure(args.n, args.repeats)

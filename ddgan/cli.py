@@ -134,17 +134,18 @@ class OutputDir:
 
 
 class OutputFile:
-    """A file the command writes, whose name ends in one of `suffixes` (what the writer makes)."""
+    """A file the command writes, whose name ends in one of `suffixes` (what the writer makes);
+    `parents`: the command creates a missing directory above it."""
 
     flag_class = "path-out"
     kind = "file"
 
-    def __init__(self, *suffixes: str, writer: str):
-        self.suffixes, self.writer = suffixes, writer
+    def __init__(self, *suffixes: str, writer: str, parents: bool = False):
+        self.suffixes, self.writer, self.parents = suffixes, writer, parents
 
     def __call__(self, text: str) -> str:
         try:
-            check_output_file(text, "")
+            check_output_file(text, "", parents=self.parents)
         except UsageError as err:
             raise _refuse(err) from None
         if not text.lower().endswith(self.suffixes):

@@ -51,14 +51,14 @@ def check_output_dir(path: str | os.PathLike, flag: str = "output directory") ->
     return resolved
 
 
-def check_output_file(path: str | os.PathLike, flag: str = "output file") -> Path:
-    """The resolved file `path` once it is known that its directory exists and can be written,
-    and that `path` is not itself a directory."""
+def check_output_file(path: str | os.PathLike, flag: str = "output file", *, parents: bool = False) -> Path:
+    """The resolved file `path` once it is known that its directory exists (or, with `parents`,
+    can be made) and can be written, and that `path` is not itself a directory."""
     resolved = _resolve(path, flag)
     if resolved.is_dir():
         raise UsageError(f"{flag} {str(path)!r} is a directory; give a file name, e.g. {str(Path(path) / 'out.png')!r}")
     parent = resolved.parent
-    if not parent.is_dir():
+    if not parent.is_dir() and not parents:
         _nearest_existing(parent, flag, Path(path))  # names a regular file on the way, if that is the problem
         raise UsageError(f"{flag} {str(path)!r}: directory {str(parent)!r} does not exist; create it first")
     _nearest_existing(parent, flag, Path(path))

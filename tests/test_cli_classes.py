@@ -162,16 +162,17 @@ def path_values(action: argparse.Action) -> list[tuple[str, Value]]:
     kind = action.type
     loop = ("a symlink loop", Env.loop)
     if flag_class(action) == "path-in":
-        wrong = ("a directory", Env.directory) if kind.kind == "file" else ("a regular file", Env.file)
+        wrong = {"file": [("a directory", Env.directory)], "dir": [("a regular file", Env.file)]}.get(kind.kind, [])
         missing = [] if kind.missing_ok else [("missing", lambda e: str(e.inputs / "missing"))]
-        return [*missing, wrong, loop]
+        return [*missing, *wrong, loop]
     below_file = ("below a regular file", lambda e: str(Path(e.file()) / "out"))
     values = [loop, below_file]
     if kind.kind == "file":
         suffix = kind.suffixes[0]
         values += [("an existing directory", Env.directory),
-                   ("in a missing directory", lambda e: str(e.inputs / "missing" / f"out{suffix}")),
                    ("a suffix the writer cannot produce", lambda e: str(e.inputs / "out.txt"))]
+        if not kind.parents:  # else the command makes it
+            values.append(("in a missing directory", lambda e: str(e.inputs / "missing" / f"out{suffix}")))
     else:
         values.append(("a regular file", Env.file))
         if os.geteuid() != 0:  # root writes through permission bits
@@ -226,8 +227,9 @@ def good_value(action: argparse.Action, env: Env) -> str:
         return env.directory()
     if cls == "path-out":
         return str(env.inputs / ("new" + (kind.suffixes[0] if kind.kind == "file" else "-dir")))
-    if cls == "store" and kind.store in ("mlflow", "optuna"):
-        return f"sqlite:///{env.inputs / kind.store}.db"
+    if cls == "store":  # syntax passes while parsing; a probe runs only once every argument parsed
+        return {"mlflow": f"sqlite:///{env.inputs}/mlflow.db", "optuna": f"sqlite:///{env.inputs}/optuna.db",
+                "ray": "127.0.0.1:1"}[kind.store]
     raise AssertionError(f"a required flag of class {cls!r}: give good_value a case for it")
 
 
