@@ -4,6 +4,7 @@
   trial    the Ray Tune function: train phase (`ddgan.trainer.train`) and sample phase
   pruning  Optuna decides within a cell: a Tune scheduler and the Optuna bookkeeping
   faults   faults a grid asks for, installed around the trainer (reliability tests)
+  references  the reference statistics as one Ray task on the trials' device, before any trial
 """
 
 from study.tuning.phases import DriverHooks, init_ray, run_phase
