@@ -39,6 +39,8 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--gpus-per-trial", type=Number(float, 0, 64), default=None, help="fractions pack several trials per GPU")
     p.add_argument("--cpus-per-trial", type=Number(float, 0, 1024, low_open=True), default=None)
     p.add_argument("--max-concurrent", type=Number(int, 1, 10_000), default=None)
+    p.add_argument("--gpus", type=Number(int, 1, 100_000), default=None,
+                   help="with --dry-run: price the run for N GPUs (default: this machine's; with --address, unknown: 1 assumed)")
     p.add_argument("--data-dir", default=None, type=InputPath("dir"), help="Fashion-MNIST IDX directory (else $DDGAN_DATA_DIR)")
     p.add_argument("--fid-weights", default=None, type=InputPath("file"), help="TorchScript Inception weights for the final FID")
     p.add_argument("--state-dir", "--results-dir", dest="results_dir", default=DEFAULT_STATE_DIR, type=OutputDir(),
@@ -65,7 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         results_dir=args.results_dir, cache_dir=args.cache_dir, allow_local=args.allow_local, verbose=0 if args.quiet else 1,
         command=" ".join(["python -m study.run", *map(shlex.quote, sys.argv[1:] if argv is None else argv)]))
     if options.dry_run:  # validates everything, starts and writes nothing: Ray and MLflow are not even loaded
-        print(describe_plan(prepare(options)))
+        print(describe_plan(prepare(options), gpus=args.gpus))
         return 0
     # the Ray Tune / MLflow machinery loads only when a study runs
     from study.driver import run_study
