@@ -27,7 +27,7 @@ from ddgan.checkpoint import check_weights, checkpoint_config, load_checkpoint, 
 from ddgan.config import Config, save_config
 from ddgan.errors import CheckpointError
 from ddgan.metrics.digest import sha256_file
-from ddgan.nets import build_networks
+from ddgan.nets import build_networks, memory_format_for
 
 EXPORT_FORMAT = 1
 MANIFEST = "manifest.json"
@@ -111,7 +111,7 @@ def load_export(directory: str | Path, device: str | torch.device = "cpu") -> tu
     check_weights(weights, network_shapes(cfg)[name], f"{where}: model.safetensors")
     net = build_networks(cfg.model, cfg.method)[name]
     net.load_state_dict(weights)
-    return cfg, net.to(device).eval()
+    return cfg, net.to(device, memory_format=memory_format_for(cfg.train.channels_last, device)).eval()
 
 
 def load_for_sampling(path: str | Path, device: str | torch.device = "cpu") -> tuple[Config, nn.Module]:
@@ -125,4 +125,4 @@ def load_for_sampling(path: str | Path, device: str | torch.device = "cpu") -> t
     cfg = Config.from_dict(state["config"])
     net = build_networks(cfg.model, cfg.method)[sampling_network_name(cfg)]
     net.load_state_dict(_ema_weights(state, cfg, f"checkpoint {str(p)!r}"))
-    return cfg, net.to(device).eval()
+    return cfg, net.to(device, memory_format=memory_format_for(cfg.train.channels_last, device)).eval()

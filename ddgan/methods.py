@@ -17,7 +17,7 @@ from torch import nn
 from ddgan.config import Config
 from ddgan.ema import EMA, _unwrap
 from ddgan.losses import get_objective, gradient_penalty, r1_penalty
-from ddgan.nets import build_networks
+from ddgan.nets import build_networks, memory_format_for
 from ddgan.sampler import sample_ddgan, sample_ddpm
 from ddgan.schedule import Schedule, build_schedule
 
@@ -53,7 +53,7 @@ class Method:
         self.device = device
         self.schedule = schedule_for(cfg)
         self.cuda = device.type == "cuda"
-        self.memory_format = torch.channels_last if self.cuda and cfg.train.channels_last else torch.preserve_format
+        self.memory_format = memory_format_for(cfg.train.channels_last, device)
         self.networks = {
             name: net.to(device, memory_format=self.memory_format) for name, net in build_networks(cfg.model, cfg.method).items()
         }

@@ -160,10 +160,14 @@ class _Loop:
                 timer, steps_since = time.perf_counter(), 0
                 self.last_metrics.update(metrics)
                 stop = bool(self.callbacks.on_train_step(self.step, metrics))
+            # train/img_per_s counts training only: the clock skips evaluations and checkpoints
             if is_eval:
                 stop = self.evaluate(final=last) or stop
+                timer = time.perf_counter()  # flushed just above: the next window starts here
             elif ckpt_every and self.step % ckpt_every == 0:
+                paused = time.perf_counter()
                 self.save()
+                timer += time.perf_counter() - paused
             if stop and not last:
                 if self.last_checkpoint != checkpoint_path(self.ckpt_dir, self.step):
                     self.flush(1.0, 1)

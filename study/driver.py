@@ -33,6 +33,7 @@ from study.stores.uris import chosen_cache_dir
 from study.tuning.project import this_project
 from study.tuning.pruning import CellBook, build_pruner, register_driver
 from study.tuning.references import distinct_eval_configs, run_reference_task
+from study.tuning.speed import log_speed
 from study.tuning.trial import TrialContext
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -149,6 +150,8 @@ def run_study(options: StudyOptions) -> str:
                       max_concurrent=prep.grid.max_concurrent, max_failures=prep.grid.max_failures,
                       verbose=options.verbose)
             hooks.reconcile([s.key for s in specs])
+    # speed/*: every configuration timed alone on the trials' device (trials ran packed)
+    log_speed(prep.plan, hooks.tracker.client, hooks.run_ids, prep.grid.resources.cpus, prep.grid.resources.gpus)
     runs = history.finish(prep.stores.history_file, invocation, time.perf_counter() - start)
     text, counts = summary.summarize(prep, hooks.book, time.perf_counter() - start, runs)
     hooks.tracker.finish_parent(hooks.parent_run_id, counts, {

@@ -8,13 +8,15 @@ their parameter counts.
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from ddgan.config import ModelConfig
 from ddgan.nets.discriminator import Discriminator
 from ddgan.nets.unet import Denoiser, Generator, UNet
 
-__all__ = ["Denoiser", "Discriminator", "Generator", "UNet", "build_networks", "count_parameters"]
+__all__ = ["Denoiser", "Discriminator", "Generator", "UNet", "build_networks", "count_parameters",
+           "memory_format_for"]
 
 
 def build_networks(model_cfg: ModelConfig, method: str) -> dict[str, nn.Module]:
@@ -29,3 +31,10 @@ def build_networks(model_cfg: ModelConfig, method: str) -> dict[str, nn.Module]:
 def count_parameters(module: nn.Module) -> int:
     """Number of parameter elements (trainable or frozen)."""
     return sum(p.numel() for p in module.parameters())
+
+
+def memory_format_for(channels_last: bool, device: torch.device | str) -> torch.memory_format:
+    """The layout every network of a run takes on `device`: channels_last on CUDA when the config
+    asks (`train.channels_last`), else the default. Training, evaluation, the sample phase and
+    export all place networks through this, so a model is timed and scored in one layout."""
+    return torch.channels_last if channels_last and torch.device(device).type == "cuda" else torch.preserve_format

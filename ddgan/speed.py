@@ -1,0 +1,108 @@
+"""The speed of one configuration, measured alone on its device.
+
+In a study, trials share devices: `gpus_per_trial` 0.25 packs four trials on a GPU and CPU
+trials share the cores, so the `train/img_per_s` and `eval/sample_ms_per_image` a trial logs
+are *packed* figures (they say how fast it went among its neighbours). Claims about speed
+("DDGAN samples k times faster than DDPM") need each configuration timed with the device to
+itself: the study measures every distinct (network, method, sampling steps, sampler) once
+this way (`study.tuning.speed`) and logs it as `speed/*`.
+
+Speed does not depend on what the weights are, so the networks here are freshly built from the
+config, on the device and in the memory format a trial uses (`build_method`), and nothing is
+loaded. Every timed region ends with a device synchronisation (CUDA runs asynchronously).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from ddgan.config import Config
+from ddgan.methods import build_method
+from ddgan.sampler import sampling_numerics
+
+__all__ = ["SpeedFigures", "measure_speed", "synchronize"]
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (a no-op on the CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@dataclass(frozen=True)
+class SpeedFigures:
+    sample_ms_per_image: float  # one image, the config's full sampling chain (nfe network calls)
+    sample_batch: int  # images per sampling call
+    nfe: int
+    train_img_per_s: float  # training images per second, steps timed include one R1 step (DDGAN)
+    train_steps_timed: int
+    device: str  # e.g. "cuda: NVIDIA H100 80GB HBM3" or "cpu: 2 threads"
+
+    def as_metrics(self) -> dict[str, float]:
+        return {"speed/sample_ms_per_image": self.sample_ms_per_image, "speed/train_img_per_s": self.train_img_per_s}
+
+    def as_tags(self) -> dict[str, str]:
+        return {"speed.device": self.device, "speed.sample_batch": str(self.sample_batch),
+                "speed.nfe": str(self.nfe), "speed.train_steps_timed": str(self.train_steps_timed),
+                "speed.protocol": "alone on the device, untrained weights, synchronised; warm-up: training always, sampling on CUDA"}
+
+
+def describe_device(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda: {torch.cuda.get_device_name(device)}"
+    return f"{device.type}: {torch.get_num_threads()} threads"
+
+
+def _timed(fn, device: torch.device, repeats: int, warmup: bool = True) -> float:
+    """Seconds per call of `fn` (mean over `repeats`, after one untimed warm-up call if asked)."""
+    if warmup:
+        fn()
+    synchronize(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    synchronize(device)
+    return (time.perf_counter() - start) / repeats
+
+
+def measure_speed(cfg: Config, device: torch.device | str, sample_batch: int, train_steps: int | None = None,
+                  repeats: int = 1) -> SpeedFigures:
+    """Time `cfg`'s sampling (one call of `sample_batch` images, `cfg.eval` numerics) and training.
+
+    train_steps: steps per timed window (default: DDGAN's R1 period `objective.r1_interval`, so the
+    window holds exactly one R1 step, the share the grid's trials pay; DDPM: 8). A warm-up
+    window of as many steps runs first and is not timed.
+    """
+    device = torch.device(device)
+    method = build_method(cfg, device)
+    generator = torch.Generator(device=device).manual_seed(0)
+    nfe_box: list[int] = []
+
+    def sample() -> None:
+        with sampling_numerics(device, cfg.eval.sample_precision, cfg.eval.compile_sampler):
+            images, nfe = method.sample(sample_batch, generator)  # (b, 1, 28, 28)
+        nfe_box.append(int(nfe))
+        del images
+
+    # CUDA's first call autotunes cuDNN and allocates; a CPU's is a normal call, and a warm-up of the
+    # slowest chain (DDPM, 1000 steps) would double the dearest measurement
+    sample_s = _timed(sample, device, repeats, warmup=device.type == "cuda")
+    period = cfg.objective.r1_interval if cfg.method == "ddgan" else 8
+    steps = int(train_steps or period)
+    batch = torch.rand(cfg.train.batch_size, 1, 28, 28, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    batch = method.to_input(batch)
+    counter = iter(range(1, 10**9))
+
+    def train_steps_fn() -> None:
+        for _ in range(steps):
+            method.train_step(batch, next(counter))
+
+    # the warm-up call runs `steps` steps too: step numbers 1..steps, then steps+1..2*steps timed
+    train_s = _timed(train_steps_fn, device, 1)
+    return SpeedFigures(
+        sample_ms_per_image=1000.0 * sample_s / sample_batch, sample_batch=int(sample_batch), nfe=nfe_box[-1],
+        train_img_per_s=steps * cfg.train.batch_size / max(train_s, 1e-9), train_steps_timed=steps,
+        device=describe_device(device))

@@ -1,0 +1,151 @@
+"""Speed measured alone (ddgan.speed, study.tuning.speed), one memory format for every network
+placement, and what train/img_per_s counts (issue 23, defect 6)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from study_fixtures import real_study  # noqa: F401 (session fixture)
+
+from ddgan.config import resolve_config
+from ddgan.nets import memory_format_for
+
+
+def tiny(method="ddgan", **overrides):
+    base = {"method": method, "model": {"preset": "tiny"}, "diffusion": {"T": 2 if method == "ddgan" else 20},
+            "train": {"steps": 6, "batch_size": 4, "device": "cpu"}, "eval": {"batch_size": 8}}
+    return resolve_config(base, [f"{k}={v}" for k, v in overrides.items()])
+
+
+def test_measure_speed_times_the_sampling_chain_and_one_r1_step_per_window(monkeypatch):
+    import ddgan.methods
+    from ddgan.speed import measure_speed
+
+    calls = []
+    real = ddgan.methods.r1_penalty
+    monkeypatch.setattr(ddgan.methods, "r1_penalty", lambda *a, **k: calls.append(1) or real(*a, **k))
+    figures = measure_speed(tiny(**{"diffusion.T": 3, "objective.r1_interval": 4}), "cpu", sample_batch=5)
+    assert figures.nfe == 3 and figures.sample_batch == 5
+    assert figures.train_steps_timed == 4
+    assert len(calls) == 2  # steps 1..8: the warm-up window's R1 (step 4) and the timed one's (step 8)
+    for value in figures.as_metrics().values():
+        assert math.isfinite(value) and value > 0
+    assert set(figures.as_metrics()) == {"speed/sample_ms_per_image", "speed/train_img_per_s"}
+    assert figures.as_tags()["speed.device"].startswith("cpu: ")
+
+
+def test_measure_speed_of_a_respaced_ddpm_counts_its_own_steps():
+    from ddgan.speed import measure_speed
+
+    figures = measure_speed(tiny("ddpm", **{"eval.respaced_steps": 4, "eval.sampler": "ddim"}), "cpu", 3)
+    assert figures.nfe == 4 and figures.train_steps_timed == 8
+
+
+def test_every_network_placement_takes_the_configs_memory_format(tmp_path, monkeypatch):
+    assert memory_format_for(True, "cuda") is torch.channels_last
+    assert memory_format_for(True, torch.device("cuda", 0)) is torch.channels_last
+    assert memory_format_for(False, "cuda") is torch.preserve_format
+    assert memory_format_for(True, "cpu") is torch.preserve_format
+    # The sample phase and export load through ddgan.export: they must place the network as the
+    # training run's evaluations did. Forcing channels_last here shows the loader applies the rule.
+    import ddgan.export
+    from ddgan.checkpoint import save_checkpoint
+    from ddgan.methods import build_method
+
+    cfg = tiny()
+    method = build_method(cfg, torch.device("cpu"))
+    save_checkpoint(tmp_path / "ckpt_0000001.pt", {"step": 1, "config": cfg.to_dict(), **method.state_dict()})
+    monkeypatch.setattr(ddgan.export, "memory_format_for", lambda wanted, device: torch.channels_last)
+    _, net = ddgan.export.load_for_sampling(tmp_path)
+    convs = [m.weight for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous()
+                         for w in convs if w.shape[1] > 1 and w.shape[-1] > 1)
+
+
+def test_img_per_s_counts_training_only_not_evaluations_or_checkpoints(tmp_path, monkeypatch):
+    """A fake clock that only the evaluator and checkpoint writes advance: the windows after them must
+    not be charged. Before the fix the window after each evaluation included it."""
+    import ddgan.checkpoint
+    import ddgan.trainer
+    from ddgan.callbacks import Callback
+    from ddgan.trainer import train
+
+    clock = [0.0]
+    monkeypatch.setattr(ddgan.trainer.time, "perf_counter", lambda: clock[0])
+    real_save = ddgan.trainer.save_checkpoint
+
+    def slow_save(*args, **kwargs):
+        clock[0] += 500.0
+        return real_save(*args, **kwargs)
+
+    monkeypatch.setattr(ddgan.trainer, "save_checkpoint", slow_save)
+    step_cost = 0.25
+
+    class Steps:
+        def __iter__(self):
+            return self
+
+        def __next__(self):
+            clock[0] += step_cost  # the only time a training step "takes"
+            return torch.zeros(4, 1, 28, 28)
+
+    def evaluator(sample_fn, step, out_dir, final=False):
+        clock[0] += 1000.0
+        return {}, {}
+
+    rates = []
+
+    class Rates(Callback):
+        def on_train_step(self, step, metrics):
+            rates.append((step, metrics["train/img_per_s"]))
+
+    cfg = tiny(**{"train.steps": 8, "train.log_every": 2, "eval.every": 4, "checkpoint.every": 3})
+    train(cfg, tmp_path, data=Steps(), callbacks=[Rates()], evaluator=evaluator)
+    assert [s for s, _ in rates] == [2, 4, 6, 8]
+    for step, rate in rates:
+        assert rate == pytest.approx(4 / step_cost), (step, rates)  # batch 4 per 0.25 s, every window
+
+
+def test_speed_groups_share_a_measurement_only_where_speed_cannot_differ(tmp_path):
+    from study.grid import load_grid
+    from study.prepare import StudyOptions, prepare
+    from study.tuning.speed import speed_groups
+
+    prep = prepare(StudyOptions(grid="smoke", dry_run=True, results_dir=str(tmp_path)))
+    groups = speed_groups(prep.plan)
+    by_trial = {key: group for group, (_, keys) in groups.items() for key in keys}
+    assert set(by_trial) == {t.key for t in prep.plan.trials}
+    configs = prep.plan.configs
+
+    def what_speed_depends_on(key):  # the smoke grid varies only these among speed-relevant settings
+        c = configs[key]
+        return c["method"], c["diffusion"]["T"], c["eval"]["respaced_steps"], c["eval"]["sampler"]
+
+    for a in by_trial:
+        for b in by_trial:
+            assert (by_trial[a] == by_trial[b]) == (what_speed_depends_on(a) == what_speed_depends_on(b)), (a, b)
+    losses_at_t = {}
+    for t in prep.plan.trials:
+        if t.method == "ddgan":
+            losses_at_t.setdefault((t.T, by_trial[t.key]), set()).add(t.loss)
+    assert any(len(losses) > 1 for losses in losses_at_t.values())  # the loss's formula is not a speed
+    assert load_grid("smoke")  # the grid the plan came from still loads
+
+
+def test_a_real_study_logs_speed_measured_alone_on_every_trial(real_study):  # noqa: F811
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(real_study.uri)
+    experiment = client.get_experiment_by_name(real_study.study)
+    runs = client.search_runs([experiment.experiment_id], "tags.role = 'trial'")
+    assert len(runs) == 4
+    nfe = {}
+    for run in runs:
+        metrics, tags = run.data.metrics, run.data.tags
+        assert metrics["speed/sample_ms_per_image"] > 0 and metrics["speed/train_img_per_s"] > 0, tags["trial_key"]
+        assert tags["speed.device"].startswith("cpu") and "alone" in tags["speed.protocol"]
+        nfe[tags["cell"]] = int(tags["speed.nfe"])
+    assert nfe == {"ddgan-ns-T1": 1, "ddgan-ns-T2": 2, "ddpm-T2": 2, "ddpm-ddim-S1": 1}
+
