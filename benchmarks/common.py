@@ -46,6 +46,18 @@ def write_table(out: str | Path | None, name: str, text: str) -> None:
         (Path(out) / name).write_text(text + "\n")
 
 
+def write_json(path: Path, benchmark: str, device: str, rows: list[dict]) -> None:
+    """A benchmark's rows (fields starting with `_` left out) as JSON with the machine, command and
+    date: what benchmarks/costs_patch.py reads."""
+    import json
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    clean = [{k: v for k, v in row.items() if not k.startswith("_")} for row in rows]
+    path.write_text(json.dumps({"benchmark": benchmark, "device": device, "machine": machine(), "command": command(),
+                                "date": time.strftime("%Y-%m-%d", time.gmtime()), "rows": clean}, indent=1,
+                               default=str) + "\n")
+
+
 def markdown_table(rows: list[dict], columns: list[str]) -> str:
     """Rows of dicts as a Markdown table (numbers to 3 significant digits), drawn by the study's
     one table renderer, `study.report.tables.markdown_table`."""

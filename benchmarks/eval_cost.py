@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import header, markdown_table, write_table
+from benchmarks.common import header, markdown_table, write_json, write_table
 from ddgan.cli import (
     DEVICE,
     OVERRIDE,
@@ -35,6 +35,7 @@ from ddgan.cli import (
     InputPath,
     Number,
     OutputDir,
+    OutputFile,
     run_cli,
 )
 from study.flags import GridRef
@@ -154,8 +155,30 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--data-dir", type=InputPath("dir"), default=None, help="Fashion-MNIST IDX directory (else $DDGAN_DATA_DIR)")
     p.add_argument("--fid-weights", type=InputPath("file"), default=None, help="Inception TorchScript file (else found as the study does)")
     p.add_argument("--tiny", action="store_true", help="smoke size: smoke grid (tiny preset), 64 samples, 256 references")
+    p.add_argument("--inception-stand-in", type=OutputFile(".pt", writer="TorchScript"), default=None,
+                   help="write a stand-in with Inception's interface here and time it instead (a rehearsal "
+                        "without weights: its figures are not Inception's)")
+    p.add_argument("--json", type=OutputFile(".json", writer="JSON"), default=None,
+                   help="also write the rows here (what benchmarks/costs_patch.py reads)")
     p.add_argument("--out", type=OutputDir(), default=None, help="directory for eval_cost.md")
     return p
+
+
+class InceptionStandIn(torch.nn.Module):
+    """fid-helper's `default_1.pt` interface: (N, 3, 299, 299) in (v - 128) / 128 -> (N, 2048). Not
+    Inception: it lets a rehearsal run the extractor's path (resize, batching) without weights."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=(2, 3)).repeat(1, 683)[:, :2048]
+
+
+def write_stand_in(path: str) -> str:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit is "deprecated"; the weights format is TorchScript
+        torch.jit.save(torch.jit.script(InceptionStandIn()), path)
+    return path
 
 
 def main(argv=None) -> int | None:
@@ -171,7 +194,11 @@ def main(argv=None) -> int | None:
     defaults = TINY["feature_images"] if args.tiny else DEFAULT_FEATURE_IMAGES[device.type]
     counts = dict(zip(args.extractors, args.feature_images, strict=True)) if args.feature_images else \
         {name: defaults.get(name, 1000) for name in args.extractors}
-    features = feature_rows(args.extractors, counts, cfg.eval.batch_size, device, data_dir, args.fid_weights)
+    fid_weights = write_stand_in(args.inception_stand_in) if args.inception_stand_in else args.fid_weights
+    features = feature_rows(args.extractors, counts, cfg.eval.batch_size, device, data_dir, fid_weights)
+    if args.inception_stand_in:
+        for row in features:
+            row["extractor"] += " (STAND-IN)" if row["extractor"] == "inception" else ""
     notes = [f"- evaluation config: `{key}` of the grid (preset {cfg.model.preset}, T={cfg.diffusion.T}, "
              f"eval batch {cfg.eval.batch_size}); {torch.get_num_threads()} torch threads",
              *(f"- {row['_weights']}" for row in features), ""]
@@ -179,12 +206,14 @@ def main(argv=None) -> int | None:
         markdown_table(features, FEATURE_COLUMNS)
     write_table(args.out, "eval_cost.md", text)  # now: a run cut short keeps table 1
     finals = [False] + ([True] if args.final and cfg.eval.final_metrics else [])
-    evaluations = [] if args.skip_evaluation else eval_rows(cfg, data_dir, device, finals, args.fid_weights)
+    evaluations = [] if args.skip_evaluation else eval_rows(cfg, data_dir, device, finals, fid_weights)
     if evaluations:
         text += "\n\n### One evaluation: reference statistics computed vs cached\n\n" + \
             markdown_table(evaluations, EVAL_COLUMNS)
     print(text)
     write_table(args.out, "eval_cost.md", text)
+    if args.json:
+        write_json(Path(args.json), "eval_cost", str(device), features + evaluations)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,14 @@ trials x 3600 / wall of the Ray Tune phase; Ray start-up and the driver's set-up
     python -m benchmarks.packing --device cpu --concurrency 1 2 --out /tmp/bench
     python -m benchmarks.packing --device cuda --concurrency 1 2 4 8 --out OUT      # one GPU
     python -m benchmarks.packing --device cpu --concurrency 1 2 --tiny --out /tmp/bench
+
+`--direct` leaves Ray out and measures what packing does to the GPU: N processes, each the
+project's trainer on the grid's first DDGAN trial config (its preset and batch), start their
+clocks together after warm-up (a barrier) and time `--steps` steps; aggregate images/s is
+the sum over the N, "vs 1" its ratio to N = 1 (what configs/costs.yaml's `packing` takes).
+Start-up is excluded, so the figure is the steady state of trials that share a GPU.
+
+    python -m benchmarks.packing --direct --device cuda --concurrency 1 2 4 --steps 60 --out OUT
 """
 
 from __future__ import annotations
@@ -24,9 +32,9 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import header, markdown_table, write_table
+from benchmarks.common import header, markdown_table, write_json, write_table
 from benchmarks.study_timing import derive_grid, start_ray, timed_study
-from ddgan.cli import ArgumentParser, InputPath, Number, OutputDir, run_cli
+from ddgan.cli import ArgumentParser, InputPath, Number, OutputDir, OutputFile, run_cli
 from ddgan.errors import UsageError
 from study.flags import GridRef, RayAddress
 
@@ -83,6 +91,11 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--address", type=RayAddress(), default=None, help="join a running Ray cluster instead of starting one")
     p.add_argument("--data-dir", type=InputPath("dir"), default=None, help="Fashion-MNIST IDX directory (else $DDGAN_DATA_DIR)")
     p.add_argument("--tiny", action="store_true", help="smoke size: smoke grid, 10 steps, 32 samples at the end")
+    p.add_argument("--direct", action="store_true",
+                   help="N trainer processes started together, no Ray: steady-state aggregate images/s")
+    p.add_argument("--threads", type=Number(int, 1, 1024), default=1, help="--direct: torch threads per process")
+    p.add_argument("--json", type=OutputFile(".json", writer="JSON"), default=None,
+                   help="also write the rows here (what benchmarks/costs_patch.py reads)")
     p.add_argument("--out", type=OutputDir(), default=None, help="directory for packing.md")
     return p
 
@@ -95,6 +108,8 @@ def main(argv=None) -> int | None:
     from ddgan.data import resolve_data_dir
 
     data_dir = resolve_data_dir(args.data_dir).resolve()
+    if args.direct:
+        return direct(args, data_dir)
     work = Path(tempfile.mkdtemp(prefix="ddgan-packing-"))
     rows: list[dict] = []
     try:
@@ -106,6 +121,8 @@ def main(argv=None) -> int | None:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(text)
+    if args.json:
+        write_json(Path(args.json), "packing", args.device, rows)
 
 
 def render(args, rows: list[dict], ray_s: float) -> str:
@@ -120,6 +137,61 @@ def render(args, rows: list[dict], ray_s: float) -> str:
              f"- Ray start-up (excluded): {ray_s:.1f} s", ""]
     return header("Trial packing (trials per hour vs concurrent trials)", device) + "\n".join(notes) + "\n" + \
         markdown_table(rows, COLUMNS)
+
+
+DIRECT_COLUMNS = ["concurrent trials", "preset", "batch", "steps timed", "img/s per trial", "aggregate img/s", "vs 1"]
+
+
+def _direct_trial(config: dict, steps: int, device: str, data_dir: str, threads: int, barrier, results) -> None:
+    """One packed trial (a spawned process): the trainer's img/s over `steps` steps, clock started at the barrier."""
+    from benchmarks.train_throughput import trainer_loop
+    from ddgan.config import Config
+    from ddgan.data import load_fashion_mnist
+
+    torch.set_num_threads(threads)
+    images, _ = load_fashion_mnist(Path(data_dir), "train")
+    with tempfile.TemporaryDirectory(prefix="ddgan-packed-") as out:
+        results.put(trainer_loop(Config.from_dict(config), images, steps, torch.device(device), Path(out),
+                                 barrier=barrier))
+
+
+def direct(args, data_dir: Path) -> None:
+    """--direct: N trainer processes per N, started together; aggregate images/s vs N = 1."""
+    import multiprocessing
+
+    from ddgan.config import Config
+    from study.grid import load_plan
+
+    plan = load_plan(args.grid or ("smoke" if args.tiny else DEFAULTS[args.device]["grid"]))
+    spec = next(s for s in plan.trials if s.method == "ddgan")
+    cfg = Config.from_dict({**plan.configs[spec.key], "train": {**plan.configs[spec.key]["train"], "device": args.device,
+                                                                 "steps": 10**6}})
+    steps = args.steps or (5 if args.tiny else 60)
+    ctx = multiprocessing.get_context("spawn")  # CUDA cannot be forked
+    rows = []
+    for n in args.concurrency:
+        barrier, results = ctx.Barrier(n), ctx.Queue()
+        procs = [ctx.Process(target=_direct_trial, args=(cfg.to_dict(), steps, args.device, str(data_dir),
+                                                          args.threads, barrier, results)) for _ in range(n)]
+        for proc in procs:
+            proc.start()
+        speeds = [results.get(timeout=3600) for _ in procs]
+        for proc in procs:
+            proc.join()
+        rows.append({"concurrent trials": n, "preset": cfg.model.preset, "batch": cfg.train.batch_size,
+                     "steps timed": steps, "img/s per trial": sum(speeds) / n, "aggregate img/s": sum(speeds)})
+        base = rows[0]["aggregate img/s"] if rows[0]["concurrent trials"] == 1 else float("nan")
+        for row in rows:
+            row["vs 1"] = row["aggregate img/s"] / base
+        device = torch.cuda.get_device_name(0) if args.device == "cuda" else "cpu"
+        text = header("Trial packing, steady state (aggregate images/s vs trials sharing the device)", device) + \
+            f"- trial: `{spec.key}` of grid {plan.grid.name} (DDGAN {cfg.objective.loss} T={cfg.diffusion.T}); " \
+            f"each process the project's trainer, {args.threads} torch thread(s), clocks started together " \
+            "after 2 warm-up steps; start-up excluded\n\n" + markdown_table(rows, DIRECT_COLUMNS)
+        write_table(args.out, "packing.md", text)  # after every N: a run cut short keeps what it measured
+        if args.json:
+            write_json(Path(args.json), "packing", device, rows)
+    print(text)
 
 
 if __name__ == "__main__":

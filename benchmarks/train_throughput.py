@@ -18,6 +18,7 @@ keeps losses on the device until a log step, and uses fused Adam and foreach EMA
 bf16/channels_last/compile on CUDA).
 
     python -m benchmarks.train_throughput --presets tiny small --methods ddgan ddpm --steps 30 --repeats 3
+    python -m benchmarks.train_throughput --presets paper --batch 128 --variants fp32 bf16 --repeats 1  # trainer alone
 
 Each figure is the median of `--repeats` timed runs of `--steps` steps (after two warm-up steps).
 """
@@ -35,8 +36,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
-from benchmarks.common import GpuUtilization, header, markdown_table, write_table
-from ddgan.cli import DEVICE, ArgumentParser, InputPath, Number, OutputDir, run_cli
+from benchmarks.common import GpuUtilization, header, markdown_table, write_json, write_table
+from ddgan.cli import DEVICE, ArgumentParser, InputPath, Number, OutputDir, OutputFile, run_cli
 from ddgan.config import preset_names, resolve_config
 from ddgan.data import load_fashion_mnist, resolve_data_dir, to_model_range
 from ddgan.losses import get_objective, r1_penalty
@@ -175,10 +176,12 @@ def reference_loop(cfg, images_uint8, steps: int, device: torch.device, style: s
 
 class _TimedBatches:
     """The trainer's batch iterator, timed: the clock starts when step `warmup + 1` asks for its batch
-    (after a device sync), so warm-up steps (and compilation) are left out without a sync per step."""
+    (after a device sync, and after `barrier.wait()` when given: packed trials start their clocks
+    together), so warm-up steps (and compilation) are left out without a sync per step."""
 
-    def __init__(self, batches, warmup: int, device: torch.device, util: GpuUtilization | None = None):
-        self.batches, self.warmup, self.device, self.util = batches, warmup, device, util
+    def __init__(self, batches, warmup: int, device: torch.device, util: GpuUtilization | None = None,
+                 barrier=None):
+        self.batches, self.warmup, self.device, self.util, self.barrier = batches, warmup, device, util, barrier
         self.calls, self.start = 0, None
 
     def __iter__(self):
@@ -188,6 +191,8 @@ class _TimedBatches:
         self.calls += 1
         if self.calls == self.warmup + 1:
             _sync(self.device)
+            if self.barrier is not None:
+                self.barrier.wait()
             self.start = time.perf_counter()
             if self.util is not None:
                 self.util.start()
@@ -200,7 +205,7 @@ def _sync(device: torch.device) -> None:
 
 
 def trainer_loop(cfg, images_uint8, steps: int, device: torch.device, out: Path, warmup: int = 2,
-                 util: GpuUtilization | None = None) -> float:
+                 util: GpuUtilization | None = None, barrier=None) -> float:
     """The project's trainer on the same data; img/s over `steps` steps after `warmup` steps.
 
     One log at the last step (its flush is the only host-device sync, as with the default
@@ -211,7 +216,7 @@ def trainer_loop(cfg, images_uint8, steps: int, device: torch.device, out: Path,
 
     total = warmup + steps
     batches = _TimedBatches(RandomBatches(to_model_range(images_uint8).to(device), cfg.train.batch_size, seed=0),
-                            warmup, device, util)
+                            warmup, device, util, barrier)
     end: dict[str, float] = {}
 
     class StopClock(Callback):
@@ -226,6 +231,11 @@ def trainer_loop(cfg, images_uint8, steps: int, device: torch.device, out: Path,
     return steps * cfg.train.batch_size / (end["t"] - batches.start)
 
 
+VARIANTS = {"fp32": {"amp": False, "channels_last": False, "compile": False},
+            "bf16": {"amp": True, "channels_last": True, "compile": False},
+            "bf16+compile": {"amp": True, "channels_last": True, "compile": True}}
+
+
 def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog="python -m benchmarks.train_throughput", description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -237,7 +247,12 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--T", type=Number(int, 1, 10_000), default=4, help="DDGAN T (DDPM uses 1000)")
     p.add_argument("--device", type=DEVICE, default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--compile", action="store_true", help="torch.compile in the trainer")
+    p.add_argument("--variants", choices=list(VARIANTS), nargs="+", default=None,
+                   help="the trainer alone in these settings, no plain loops (fp32; bf16 = autocast + "
+                        "channels_last, both CUDA only; bf16+compile)")
     p.add_argument("--data-dir", type=InputPath("dir"), default=None)
+    p.add_argument("--json", type=OutputFile(".json", writer="JSON"), default=None,
+                   help="also write the rows here (what benchmarks/costs_patch.py reads)")
     p.add_argument("--out", type=OutputDir(), default=None, help="directory for train_throughput.md")
     return p
 
@@ -246,34 +261,67 @@ def main(argv=None) -> int | None:
     args = build_parser().parse_args(argv)  # every flag checked by its class (ddgan/cli.py)
     device = torch.device(args.device)
     images, _ = load_fashion_mnist(resolve_data_dir(args.data_dir), "train")
-    rows = []
     with tempfile.TemporaryDirectory(prefix="ddgan-throughput-") as runs:  # trainer checkpoints: thrown away
-        for preset in args.presets:
-            for method in args.methods:
+        if args.variants:
+            rows = trainer_rows(args, images, device, Path(runs))
+            columns = ["preset", "method", "variant", "T", "batch", "trainer img/s", "ms/step"]
+            columns += ["GPU util %"] if device.type == "cuda" else []
+        else:
+            rows, columns = comparison_rows(args, images, device, Path(runs))
+    text = header("Trainer throughput", str(device)) + "\n" + markdown_table(rows, columns)
+    print(text)
+    write_table(args.out, "train_throughput.md", text)
+    if args.json:
+        write_json(Path(args.json), "train_throughput", str(device), rows)
+
+
+def trainer_rows(args, images, device: torch.device, runs: Path) -> list[dict]:
+    """The trainer alone, per preset, method and variant: img/s and ms per step (DDGAN: R1 included
+    when a timed step is a multiple of r1_interval)."""
+    rows = []
+    for preset in args.presets:
+        for method in args.methods:
+            for variant in args.variants:
                 T = args.T if method == "ddgan" else 1000
                 cfg = resolve_config({"method": method, "model": {"preset": preset}, "diffusion": {"T": T},
-                                      "train": {"batch_size": args.batch, "device": args.device, "compile": args.compile},
-                                      "eval": {"every": 10**7}},
-                                     ["diffusion.schedule=linear"] if method == "ddpm" else [])
-                utils = {name: GpuUtilization(device) for name in (*STYLES, "trainer")}  # timed steps only
-                runs_of = {name: [] for name in utils}
-                for r in range(args.repeats):  # arms interleaved, so slow drifts of the machine hit all three
-                    for style in STYLES:
-                        runs_of[style].append(reference_loop(cfg, images, args.steps, device, style, utils[style]))
-                    runs_of["trainer"].append(trainer_loop(cfg, images, args.steps, device,
-                                                           Path(runs) / f"{preset}-{method}-{r}", util=utils["trainer"]))
-                speed = {name: statistics.median(v) for name, v in runs_of.items()}
-                rows.append({"preset": preset, "method": method, "T": T, "batch": args.batch,
-                             **{f"{name} img/s": v for name, v in speed.items()},
-                             **{f"vs {style}": speed["trainer"] / speed[style] for style in STYLES},
-                             **{f"{name} GPU util %": u.mean for name, u in utils.items()}})
+                                      "train": {"batch_size": args.batch, "device": args.device, **VARIANTS[variant]},
+                                      "eval": {"every": 10**7}})
+                util = GpuUtilization(device)
+                speed = statistics.median(trainer_loop(cfg, images, args.steps, device,
+                                                       runs / f"{preset}-{method}-{variant}-{r}", util=util)
+                                          for r in range(args.repeats))
+                rows.append({"preset": preset, "method": method, "variant": variant, "T": T, "batch": args.batch,
+                             "trainer img/s": speed, "ms/step": 1000 * args.batch / speed, "GPU util %": util.mean})
+    return rows
+
+
+def comparison_rows(args, images, device: torch.device, runs: Path) -> tuple[list[dict], list[str]]:
+    """The trainer against the two plain loops (authors-style, tuned), arms interleaved."""
+    rows = []
+    for preset in args.presets:
+        for method in args.methods:
+            T = args.T if method == "ddgan" else 1000
+            cfg = resolve_config({"method": method, "model": {"preset": preset}, "diffusion": {"T": T},
+                                  "train": {"batch_size": args.batch, "device": args.device, "compile": args.compile},
+                                  "eval": {"every": 10**7}},
+                                 ["diffusion.schedule=linear"] if method == "ddpm" else [])
+            utils = {name: GpuUtilization(device) for name in (*STYLES, "trainer")}  # timed steps only
+            runs_of = {name: [] for name in utils}
+            for r in range(args.repeats):  # arms interleaved, so slow drifts of the machine hit all three
+                for style in STYLES:
+                    runs_of[style].append(reference_loop(cfg, images, args.steps, device, style, utils[style]))
+                runs_of["trainer"].append(trainer_loop(cfg, images, args.steps, device,
+                                                       runs / f"{preset}-{method}-{r}", util=utils["trainer"]))
+            speed = {name: statistics.median(v) for name, v in runs_of.items()}
+            rows.append({"preset": preset, "method": method, "T": T, "batch": args.batch,
+                         **{f"{name} img/s": v for name, v in speed.items()},
+                         **{f"vs {style}": speed["trainer"] / speed[style] for style in STYLES},
+                         **{f"{name} GPU util %": u.mean for name, u in utils.items()}})
     columns = ["preset", "method", "T", "batch", *(f"{n} img/s" for n in (*STYLES, "trainer")),
                *(f"vs {style}" for style in STYLES)]
     if device.type == "cuda":
         columns += [f"{n} GPU util %" for n in (*STYLES, "trainer")]
-    text = header("Trainer throughput", str(device)) + "\n" + markdown_table(rows, columns)
-    print(text)
-    write_table(args.out, "train_throughput.md", text)
+    return rows, columns
 
 
 if __name__ == "__main__":

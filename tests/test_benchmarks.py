@@ -1,16 +1,19 @@
 """Smoke tests of the benchmark scripts at tiny sizes: each writes its Markdown table(s) with the
 command, machine and device, the expected columns and finite numbers. No timing is asserted.
 
-`benchmarks/gpu_check.sh OUT --dry` (its CPU path, as CI runs it) drives sample_speed,
-train_throughput, packing and eval_cost once; study_overhead runs on its own. Both join the
+`benchmarks/gpu_check.sh --rehearse` (every step shrunk, on the CPU) drives the GPU tests,
+train_throughput, sample_speed, eval_cost, packing --direct, learning_check and costs_patch
+once; study_overhead runs on its own. Both join the
 session's Ray cluster, so Ray starts once for the whole test run. Inception is a TorchScript
 stand-in in fid-helper's layout (CI installs no Inception weights and has no network).
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -70,12 +73,13 @@ def small_bundle(work: Path, fmnist_dir: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def dry_run(tmp_path_factory, fmnist_dir, ray_session) -> tuple[Path, subprocess.CompletedProcess]:
-    """gpu_check.sh's dry path as the device machine would run it: through a bundle (tools/)."""
+    """`gpu_check.sh --rehearse` (every step shrunk, on the CPU) as the device machine would run it:
+    through a bundle (tools/)."""
     out = tmp_path_factory.mktemp("gpu-check")
     work = tmp_path_factory.mktemp("env")
     env = bench_env(work, fmnist_dir, ray_session)
     env["GPU_BUNDLE"] = str(small_bundle(work, fmnist_dir))
-    proc = subprocess.run(["bash", "tools/gpu_check_bundled.sh", str(out), "--dry"], cwd=REPO, env=env,
+    proc = subprocess.run(["bash", "tools/gpu_check_bundled.sh", str(out), "--rehearse"], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=600)
     return out, proc
 
@@ -112,58 +116,90 @@ def check_table(text: str, index: int, columns: list[str], numeric: list[str]) -
     return rows
 
 
-def test_gpu_check_dry_path_runs_every_step(dry_run):
+def section(out: Path, title: str) -> str:
+    """One benchmark's section of tables.md (from its `## title` to the next `## `)."""
+    text = (out / "tables.md").read_text()
+    parts = [p for p in text.split("\n## ") if p.startswith(title) or p.startswith("## " + title)]
+    assert parts, f"no section {title!r} in tables.md:\n{text[:3000]}"
+    return "## " + parts[0].removeprefix("## ")
+
+
+def test_gpu_check_rehearsal_runs_every_step(dry_run):
     out, proc = dry_run
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     assert not (out / "failures.txt").exists(), (out / "failures.txt").read_text()
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["eval_cost.md", "log.txt", "machine.txt", "packing.md", "sample_speed.md",
-                     "train_throughput.md"]  # the device tool brings back 8 files at most
+    assert names == ["costs.patch", "figures.json", "log.txt", "machine.txt", "samples.png", "tables.md"]  # <= 8
     log = (out / "log.txt").read_text()
-    assert "short DDGAN training" in log and "== unpacking" in log
+    assert "== unpacking" in log and re.search(r"\d+ skipped", log)  # the GPU tests ran (skipped on the CPU)
+    assert [line.split(" (limit")[0] for line in log.splitlines() if line.startswith("== ") and "(limit" in line] == [
+        "== 1 GPU tests (resume across R1, bf16, compile)", "== 2 trainer img/s, fp32 and bf16",
+        "== 3 trainer img/s, bf16 + compile", "== 4 sampling ms/image (channels_last) and DDPM S=1000 FID sampling",
+        "== 5 Inception ms/image", "== 6 trials packed per GPU (1, 2, 4)", "== 7 learning run (DDGAN ns, T=4)",
+        "== 8 costs.yaml patch"]
     machine = (out / "machine.txt").read_text()
-    assert "bundle: " in machine and "inception: a zeroed stand-in" in machine  # lines from the bundle's MANIFEST
+    assert "REHEARSAL" in machine and "bundle: " in machine and "inception: a zeroed stand-in" in machine
 
 
-def test_sample_speed_table(dry_run):
-    rows = check_table((dry_run[0] / "sample_speed.md").read_text(), 0,
-                       ["model", "sampler", "T", "NFE", "ms/image", "images/s", "speed-up vs DDPM T=10"],
-                       ["T", "NFE", "ms/image", "images/s", "speed-up vs DDPM T=10"])
-    assert [(r["model"], r["sampler"], r["T"]) for r in rows] == [
-        ("DDGAN", "posterior", "1"), ("DDGAN", "posterior", "2"), ("DDPM", "ancestral", "10"), ("DDPM", "ddim", "10")]
-    assert number(rows[2]["speed-up vs DDPM T=10"]) == 1.0
+def test_gpu_check_step_limits_fit_eight_minutes():
+    """The GPU path's step limits add up to at most 480 s, so a check that hits every limit still
+    ends inside 8 minutes."""
+    text = (REPO / "benchmarks" / "gpu_check.sh").read_text()
+    limits = [int(m) for m in re.findall(r'^step "[^"]+" (\d+) ', text, re.M)]
+    assert len(limits) == 8 and sum(limits) <= 480, limits
 
 
 def test_train_throughput_table(dry_run):
-    rows = check_table((dry_run[0] / "train_throughput.md").read_text(), 0,
-                       ["preset", "method", "T", "batch", "authors img/s", "tuned img/s", "trainer img/s",
-                        "vs authors", "vs tuned"],
-                       ["authors img/s", "tuned img/s", "trainer img/s", "vs authors", "vs tuned"])
-    assert {r["method"] for r in rows} == {"ddgan", "ddpm"}
+    rows = check_table(section(dry_run[0], "Trainer throughput"), 0,
+                       ["preset", "method", "variant", "T", "batch", "trainer img/s", "ms/step"],
+                       ["trainer img/s", "ms/step"])
+    assert [(r["method"], r["variant"]) for r in rows] == [("ddgan", "fp32"), ("ddgan", "bf16"), ("ddpm", "fp32"),
+                                                          ("ddpm", "bf16")]
+
+
+def test_sample_speed_tables(dry_run):
+    text = section(dry_run[0], "Sampling speed")
+    rows = check_table(text, 0, ["model", "sampler", "T", "NFE", "ms/image", "images/s", "speed-up vs DDPM T=10"],
+                       ["T", "NFE", "ms/image", "images/s", "speed-up vs DDPM T=10"])
+    assert [(r["model"], r["sampler"], r["T"]) for r in rows] == [
+        ("DDGAN", "posterior", "1"), ("DDPM", "ancestral", "10"), ("DDPM", "ddim", "10")]
+    assert "channels_last" in text
+    (fid,) = check_table(text, 1, ["preset", "S", "samples", "batch", "ms per step (one batch)", "ms/image per NFE",
+                                   "extrapolated s", "how"], ["extrapolated s"])
+    assert fid["S"] == "1000" and fid["how"].startswith("EXTRAPOLATED from 2 of 1000 steps")
 
 
 def test_packing_table(dry_run):
-    rows = check_table((dry_run[0] / "packing.md").read_text(), 0,
-                       ["concurrent trials", "per trial", "trials", "steps per trial", "wall s", "trials/hour",
-                        "images/s", "vs 1"],
-                       ["concurrent trials", "trials", "wall s", "trials/hour", "images/s", "vs 1"])
-    assert [(r["concurrent trials"], r["trials"]) for r in rows] == [("1", "1"), ("2", "2")]
-    assert number(rows[0]["vs 1"]) == 1.0
+    rows = check_table(section(dry_run[0], "Trial packing"), 0,
+                       ["concurrent trials", "preset", "batch", "steps timed", "img/s per trial", "aggregate img/s",
+                        "vs 1"], ["img/s per trial", "aggregate img/s", "vs 1"])
+    assert [r["concurrent trials"] for r in rows] == ["1", "2"] and number(rows[0]["vs 1"]) == 1.0
 
 
-def test_eval_cost_tables(dry_run):
-    text = (dry_run[0] / "eval_cost.md").read_text()
-    features = check_table(text, 0, ["extractor", "feature dim", "batch", "images", "load s", "seconds",
-                                     "features/s", "ms/image"],
-                           ["feature dim", "images", "load s", "seconds", "features/s", "ms/image"])
-    assert {r["extractor"]: r["feature dim"] for r in features} == {"fmnist": "128", "inception": "2048"}
+def test_inception_table(dry_run):
+    text = section(dry_run[0], "Evaluation cost")
+    (row,) = check_table(text, 0, ["extractor", "feature dim", "batch", "images", "load s", "seconds", "features/s",
+                                   "ms/image"], ["feature dim", "images", "seconds", "ms/image"])
+    assert row["extractor"] == "inception" and row["feature dim"] == "2048"
     assert f"inception weights: {TIMING_NAME} (sha256" in text  # the bundle's timing-only network, named as such
-    (evaluation,) = check_table(text, 1, ["evaluation", "metrics", "samples", "reference images", "no cache: total s",
-                                          "of which references s", "cached: total s", "evaluation call s",
-                                          "no cache / cached"],
-                                ["samples", "no cache: total s", "of which references s", "cached: total s",
-                                 "evaluation call s", "no cache / cached"])
-    assert evaluation["metrics"] == "eval/fd_fmnist_64"
+
+
+def test_learning_run_and_costs_patch(dry_run, tmp_path):
+    """The learning run's evaluations are listed; the patch applies to configs/costs.yaml, names the
+    machine, and the patched file loads with the measured sampling figures in place."""
+    out = dry_run[0]
+    text = section(out, "Learning check")
+    assert "- learns: " in text
+    check_table(text, 0, ["step", "wall s", "images", "metric", "value"], ["step", "value"])
+    figures = json.loads((out / "figures.json").read_text())
+    assert {"train_throughput", "sample_speed", "eval_cost", "packing", "learning_check"} <= figures.keys()
+    (tmp_path / "configs").mkdir()
+    shutil.copyfile(REPO / "configs" / "costs.yaml", tmp_path / "configs" / "costs.yaml")
+    subprocess.run(["git", "apply", str(out / "costs.patch")], cwd=tmp_path, check=True)
+    from study.cost import load_figures
+
+    gpu = load_figures(tmp_path / "configs" / "costs.yaml")["gpu"]
+    assert "measured" in gpu.name and "tiny" in gpu.nfe_ms_per_image and gpu.packing.keys() == {2}
 
 
 def test_study_overhead_table(tmp_path, fmnist_dir, ray_session):

@@ -216,3 +216,41 @@ def test_plan_prices_the_cluster_it_names(tmp_path, fmnist_dir, ray_session):
     local = describe_plan(prepare(StudyOptions(grid="full", dry_run=True, data_dir=str(fmnist_dir),
                                                results_dir=str(tmp_path / "state"))), gpus=2)
     assert "here on the CPU" in local and "x 2 (--gpus)" in local and "8 trial(s) at a time" in local
+
+
+def test_costs_patch_turns_measured_figures_into_the_gpu_set(tmp_path):
+    """benchmarks/costs_patch.py on synthetic figures: step = batch / img/s of the grid's variant
+    (bf16), ms per NFE = ms/image / NFE (DDGAN: median over T; DDPM: ancestral), packing = the
+    measured aggregate ratio, Inception from the real network; the patch applies and loads."""
+    import json
+
+    from benchmarks.costs_patch import load as load_json
+    from benchmarks.costs_patch import patch
+
+    def write(name, benchmark, rows):
+        (tmp_path / name).write_text(json.dumps({"benchmark": benchmark, "device": "cuda", "date": "2026-12-24",
+                                                 "machine": "x; GPU: NVIDIA H100 80GB HBM3", "rows": rows}))
+
+    write("train.json", "train_throughput", [
+        {"preset": "paper", "method": "ddgan", "variant": "bf16", "batch": 128, "trainer img/s": 3200.0, "ms/step": 40.0},
+        {"preset": "paper", "method": "ddgan", "variant": "fp32", "batch": 128, "trainer img/s": 1600.0, "ms/step": 80.0}])
+    write("sample.json", "sample_speed", [
+        {"preset": "paper", "model": "DDGAN", "sampler": "posterior", "NFE": 1, "ms/image": 0.02},
+        {"preset": "paper", "model": "DDGAN", "sampler": "posterior", "NFE": 4, "ms/image": 0.12},
+        {"preset": "paper", "model": "DDGAN", "sampler": "posterior", "NFE": 8, "ms/image": 0.4},
+        {"preset": "paper", "model": "DDPM", "sampler": "ancestral", "NFE": 10, "ms/image": 0.5},
+        {"preset": "paper", "model": "DDPM", "sampler": "ddim", "NFE": 10, "ms/image": 9.0}])
+    write("packing.json", "packing", [{"concurrent trials": n, "aggregate img/s": a, "vs 1": a / 3200}
+                                      for n, a in ((1, 3200.0), (2, 4800.0), (4, 5600.0))])
+    write("inception.json", "eval_cost", [{"extractor": "inception", "ms/image": 0.8}])
+    costs = tmp_path / "configs" / "costs.yaml"
+    costs.parent.mkdir()
+    costs.write_text((REPO / "configs" / "costs.yaml").read_text())
+    (tmp_path / "costs.patch").write_text(patch(costs.read_text(), load_json(tmp_path)))
+    subprocess.run(["git", "apply", "costs.patch"], cwd=tmp_path, check=True)
+    gpu = cost.load_figures(costs)["gpu"]
+    assert gpu.name == "NVIDIA H100 80GB HBM3 (measured 2026-12-24, benchmarks/gpu_check.sh)"
+    assert gpu.batch == 128 and gpu.train_step_s == {"paper": {"ddgan": 0.04}}
+    assert gpu.nfe_ms_per_image == {"paper": {"ddgan": pytest.approx(0.03), "ddpm": pytest.approx(0.05)}}
+    assert gpu.packing == {2: 1.5, 4: 1.75} and gpu.inception_ms_per_image == 0.8
+    assert gpu.model is not None and cost.load_figures(costs)["cpu"] == cost.load_figures()["cpu"]
