@@ -388,10 +388,12 @@ def describe(plan: Plan, local: Figures, gpu: Figures, gpus: int | None = None, 
     from), each with the machine its figures come from."""
     lines = ["", "cost estimate (from no pruning down to all but one trial per cell stopped at its first chance):"]
     if address is None:
-        slots = local_slots(plan)
-        here = estimate(plan, local, slots)
-        asks_gpu = plan.grid.resources.gpus > 0
-        where = "here on the CPU" + (" (with --gpus-per-trial 0)" if asks_gpu else "")
+        slots, on_gpu = local_slots(plan), local == gpu  # on_gpu: a run on this machine's GPU(s), the driver's line
+        here = estimate(plan, local, slots, trials_per_gpu(plan.grid.resources.gpus) if on_gpu else 1)
+        if on_gpu:
+            where = "here on the GPU"
+        else:
+            where = "here on the CPU" + (" (with --gpus-per-trial 0)" if plan.grid.resources.gpus > 0 else "")
         lines.append(f"  {where}: {_range(here)}, {slots} trial(s) at a time (pruning saves up to "
                      f"{here.saving:.0%} of {duration(here.trial_s[1])} of trial time)")
         hint = " (--calibrate times this machine instead)" if local.name.startswith("reference") else ""

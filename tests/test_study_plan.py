@@ -4,6 +4,7 @@ sources, notes (not errors) for what this machine lacks; run state apart from re
 from __future__ import annotations
 
 import math
+import os
 import shutil
 import subprocess
 import sys
@@ -47,9 +48,11 @@ def test_a_committed_report_is_not_a_run_state(tmp_path, fmnist_dir, monkeypatch
 
 
 def test_dry_run_without_data_plans_with_a_note(tmp_path):
+    """No data where $DDGAN_DATA_DIR points: a note, not an error (a --data-dir that does not
+    exist is refused by the flag's own check, tests/test_cli_classes.py)."""
     done = subprocess.run([sys.executable, "-m", "study.run", "--grid", "smoke", "--dry-run",
-                           "--data-dir", str(tmp_path / "nowhere"), "--state-dir", str(tmp_path / "state")],
-                          cwd=REPO, capture_output=True, text=True, timeout=300)
+                           "--state-dir", str(tmp_path / "state")], cwd=REPO, capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "DDGAN_DATA_DIR": str(tmp_path / "nowhere")})
     assert done.returncode == 0, done.stderr
     assert "note: no usable Fashion-MNIST here" in done.stdout and "nowhere" in done.stdout
     assert not (tmp_path / "state").exists()
@@ -254,3 +257,35 @@ def test_costs_patch_turns_measured_figures_into_the_gpu_set(tmp_path):
     assert gpu.nfe_ms_per_image == {"paper": {"ddgan": pytest.approx(0.03), "ddpm": pytest.approx(0.05)}}
     assert gpu.packing == {2: 1.5, 4: 1.75} and gpu.inception_ms_per_image == 0.8
     assert gpu.model is not None and cost.load_figures(costs)["cpu"] == cost.load_figures()["cpu"]
+
+
+def test_calibrate_times_an_r1_step_at_the_grids_batch(monkeypatch):
+    """The probe times plain steps and one R1 step (step r1_interval) of the trial's own batch, and
+    samples one batch (on the CPU at most 64: the per-image cost does not depend on it)."""
+    from ddgan.methods import build_method
+
+    calls: dict[str, list] = {"steps": [], "batches": [], "samples": []}
+
+    def recording(cfg, device):
+        method = build_method(cfg, device)
+        step, sample = method.train_step, method.sample
+
+        def train_step(x0, n):
+            calls["steps"].append(n)
+            calls["batches"].append(x0.shape[0])
+            return step(x0, n)
+
+        def draw(n, generator):
+            calls["samples"].append(n)
+            return sample(n, generator)
+
+        method.train_step, method.sample = train_step, draw
+        return method
+
+    monkeypatch.setattr(cost, "build_method", recording)
+    plan = load_plan("test_pruning")
+    cost.calibrate(plan, cost.load_figures()["cpu"], "cpu", steps=2)
+    ddgan_steps = calls["steps"][: calls["steps"].index(15) + 1]
+    assert ddgan_steps == [1, 2, 3, 15] and set(calls["batches"]) == {16}  # warm-up, 2 timed, R1 at 15
+    assert calls["steps"][len(ddgan_steps):] == [1, 2, 3]  # DDPM: no R1
+    assert calls["samples"] == [8, 64, 8, 64]  # a warm-up draw, then one batch of min(eval batch 128, 64)
