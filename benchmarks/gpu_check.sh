@@ -7,7 +7,7 @@
 #      R1 step compared with the uninterrupted run, EMA included); pytest is installed first if
 #      missing (from $WHEELS when given, else the package index; offline: said so, step failed)
 #   2. trainer img/s per preset and method at the full grid's batch (128), fp32 and bf16
-#   3. the same with bf16 + torch.compile (paper preset, the grid's)
+#   3. the same with bf16 + torch.compile (the paper preset's DDGAN, the grid's)
 #   4. sampling ms/image per preset at the grid's eval batch (500), channels_last, and the
 #      DDPM S=1000 10k-sample FID sampling cost (extrapolated from 20 steps, labelled)
 #   5. Inception ms/image (needs weights: $DDGAN_FID_WEIGHTS or clean-fid's /tmp copy)
@@ -101,11 +101,11 @@ if [ -n "$REHEARSE" ]; then  # every step on the CPU at toy sizes: the script's 
 else
   DEV=cuda
   TRAIN="--presets tiny small paper --batch 128 --steps 28"  # 2 warm-up + 28 timed: R1 (every 15) twice
-  COMPILE="--presets paper --variants bf16+compile"
+  COMPILE="--presets paper --methods ddgan --variants bf16+compile"  # one compile (G; D stays eager for R1)
   SAMPLE="--presets tiny small paper --batch 500 --ddgan-T 1 4 --ddpm-T 10 --repeats 2 --fid-samples 10000 --probe-steps 20"
   INCEPTION="--grid full --feature-images 2000"
   PACK="--grid full --concurrency 1 2 4 --steps 40 --threads 2"
-  LEARN="--grid full --loss ns --T 4 --seconds 120 --eval-every 500 --expect-learning"
+  LEARN="--grid full --loss ns --T 4 --seconds 110 --eval-every 500 --expect-learning"
   $PY -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'" || { fail "no CUDA device"; exit 1; }
 fi
 
@@ -117,7 +117,7 @@ fi
 step "1 GPU tests (resume across R1, bf16, compile)" 70 bash -c gpu_tests
 step "2 trainer img/s, fp32 and bf16" 50 $PY -m benchmarks.train_throughput --device $DEV --methods ddgan ddpm \
   --variants fp32 bf16 $TRAIN --repeats 1 --json "$FIG/train.json" --out "$TAB/2-train"
-step "3 trainer img/s, bf16 + compile" 55 $PY -m benchmarks.train_throughput --device $DEV $COMPILE \
+step "3 trainer img/s, bf16 + compile" 60 $PY -m benchmarks.train_throughput --device $DEV $COMPILE \
   --batch "$([ -n "$REHEARSE" ] && echo 8 || echo 128)" --steps "$([ -n "$REHEARSE" ] && echo 2 || echo 28)" \
   --repeats 1 --json "$FIG/train-compile.json" --out "$TAB/3-compile"
 step "4 sampling ms/image (channels_last) and DDPM S=1000 FID sampling" 30 $PY -m benchmarks.sample_speed \
@@ -126,7 +126,7 @@ step "5 Inception ms/image" 25 $PY -m benchmarks.eval_cost --device $DEV --skip-
   $INCEPTION --json "$FIG/inception.json" --out "$TAB/5-inception"
 step "6 trials packed per GPU (1, 2, 4)" 65 $PY -m benchmarks.packing --direct --device $DEV $PACK \
   --json "$FIG/packing.json" --out "$TAB/6-packing"
-step "7 learning run (DDGAN ns, T=4)" 170 $PY -m benchmarks.learning_check --device $DEV $LEARN \
+step "7 learning run (DDGAN ns, T=4)" 165 $PY -m benchmarks.learning_check --device $DEV $LEARN \
   --json "$FIG/learning.json" --out "$TAB/7-learning"
 step "8 costs.yaml patch" 10 $PY -m benchmarks.costs_patch "$FIG" --merged "$DEST/figures.json" \
   --patch "$DEST/costs.patch"

@@ -92,34 +92,47 @@ def build_parser() -> ArgumentParser:
     return p
 
 
+def report(args, cfg, key: str, rows: list[dict], status: str) -> bool:
+    """Write the table (and JSON) of the evaluations so far; True when the last distance is below the first."""
+    values = [r["value"] for r in rows]
+    learns = len(values) >= 2 and values[-1] < values[0]
+    verdict = (f"- learns: {'yes' if learns else 'NO'} ({rows[0]['metric']} {values[0]:.4g} at step "
+               f"{rows[0]['step']} -> {values[-1]:.4g} at step {rows[-1]['step']}; {status})"
+               if values else f"- learns: unknown (no evaluation; {status})")
+    text = header(f"Learning check: `{key}` of grid {args.grid}, {args.seconds:g} s", str(cfg.train.device)) + \
+        f"- preset {cfg.model.preset}, batch {cfg.train.batch_size}, loss {cfg.objective.loss}, T={cfg.diffusion.T}, " \
+        f"evaluation every {cfg.eval.every} steps on {cfg.eval.n_samples} samples\n{verdict}\n\n" + \
+        markdown_table(rows, COLUMNS)
+    write_table(args.out, "learning_check.md", text)
+    if args.json:
+        write_json(Path(args.json), "learning_check", str(cfg.train.device), [*rows, {"metric": "learns", "value": learns}])
+    if status != "running":
+        print(text)
+    return learns
+
+
 def main(argv=None) -> int | None:
     args = build_parser().parse_args(argv)  # every flag checked by its class (ddgan/cli.py)
     from ddgan.data import resolve_data_dir
     from ddgan.trainer import train
 
     cfg, key = trial_config(args)
-    clock = ClockedEvaluations(args.seconds)
+
+    class Reported(ClockedEvaluations):  # after every evaluation: a run cut short keeps what it measured
+        def on_eval(self, step, metrics, artifacts, checkpoint):
+            stop = super().on_eval(step, metrics, artifacts, checkpoint)
+            for row in self.rows:
+                row["images"] = row["step"] * cfg.train.batch_size
+            if args.out and self.grid is not None and Path(self.grid).exists():
+                Path(args.out).mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(self.grid, Path(args.out) / "samples.png")
+            report(args, cfg, key, self.rows, "running")
+            return stop
+
+    clock = Reported(args.seconds)
     with tempfile.TemporaryDirectory(prefix="ddgan-learning-") as run:
         result = train(cfg, Path(run), data_dir=resolve_data_dir(args.data_dir), callbacks=[clock])
-        if args.out and clock.grid is not None and Path(clock.grid).exists():
-            Path(args.out).mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(clock.grid, Path(args.out) / "samples.png")
-    for row in clock.rows:
-        row["images"] = row["step"] * cfg.train.batch_size
-    values = [r["value"] for r in clock.rows]
-    learns = len(values) >= 2 and values[-1] < values[0]
-    verdict = (f"- learns: {'yes' if learns else 'NO'} ({clock.rows[0]['metric']} {values[0]:.4g} at step "
-               f"{clock.rows[0]['step']} -> {values[-1]:.4g} at step {clock.rows[-1]['step']}; {result.status})"
-               if values else "- learns: unknown (no evaluation)")
-    text = header(f"Learning check: `{key}` of grid {args.grid}, {args.seconds:g} s", str(cfg.train.device)) + \
-        f"- preset {cfg.model.preset}, batch {cfg.train.batch_size}, loss {cfg.objective.loss}, T={cfg.diffusion.T}, " \
-        f"evaluation every {cfg.eval.every} steps on {cfg.eval.n_samples} samples\n{verdict}\n\n" + \
-        markdown_table(clock.rows, COLUMNS)
-    print(text)
-    write_table(args.out, "learning_check.md", text)
-    if args.json:
-        write_json(Path(args.json), "learning_check", str(cfg.train.device),
-                   [*clock.rows, {"metric": "learns", "value": learns}])
+    learns = report(args, cfg, key, clock.rows, result.status)
     return 1 if args.expect_learning and not learns else 0
 
 

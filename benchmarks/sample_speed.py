@@ -2,7 +2,9 @@
 
 Same backbone preset and batch for every row, EMA-style eval networks,
 `torch.inference_mode`; speed-up is against DDPM T=1000 ancestral. Untrained
-weights: sampling cost does not depend on what the weights are. `--channels-last`
+weights: sampling cost does not depend on what the weights are. Noise is drawn on the
+device and the networks run under `sampling_numerics` (`--precision`, default fp32 as
+`eval.sample_precision`), as a trial's evaluation samples. `--channels-last`
 loads the networks as the trials' evaluations do on CUDA. `--fid-samples N` adds the
 cost of sampling N images from a DDPM with S=1000 steps (the full grid's final FID of
 its S=1000 cell), extrapolated from `--probe-steps` steps on one batch and labelled so.
@@ -24,7 +26,7 @@ from ddgan.cli import DEVICE, ArgumentParser, Number, OutputDir, OutputFile, run
 from ddgan.config import preset_names, resolve_config
 from ddgan.methods import schedule_for
 from ddgan.nets import build_networks
-from ddgan.sampler import sample_ddgan, sample_ddpm
+from ddgan.sampler import SAMPLE_PRECISIONS, sample_ddgan, sample_ddpm, sampling_numerics
 
 
 def _net(cfg, role: str, device: torch.device, channels_last: bool) -> torch.nn.Module:
@@ -42,7 +44,7 @@ def rows_for(preset: str, batch: int, device: torch.device, ddgan_T, ddpm_T, rep
 
         def run(net=net, sched=sched, cfg=cfg):
             return sample_ddgan(net, sched, batch, z_dim=cfg.model.z_dim,
-                                torch_generator=torch.Generator().manual_seed(0), device=device)
+                                torch_generator=torch.Generator(device).manual_seed(0), device=device)
 
         rows.append({"model": "DDGAN", "sampler": "posterior", "T": T, "NFE": T,
                      "seconds": timed(run, device, repeats)})
@@ -52,7 +54,7 @@ def rows_for(preset: str, batch: int, device: torch.device, ddgan_T, ddpm_T, rep
         sched = schedule_for(cfg)
         for method in ("ancestral", "ddim"):
             def run(net=net, sched=sched, method=method):
-                return sample_ddpm(net, sched, batch, torch_generator=torch.Generator().manual_seed(0),
+                return sample_ddpm(net, sched, batch, torch_generator=torch.Generator(device).manual_seed(0),
                                    device=device, method=method)
 
             reps = 1 if T >= 1000 and device.type == "cpu" else repeats
@@ -77,7 +79,7 @@ def fid_sampling_row(preset: str, batch: int, device: torch.device, n: int, prob
     probe = schedule_for(cfg).respace(probe_steps)  # same network, `probe_steps` evaluations
 
     def run():
-        return sample_ddpm(net, probe, batch, torch_generator=torch.Generator().manual_seed(0), device=device)
+        return sample_ddpm(net, probe, batch, torch_generator=torch.Generator(device).manual_seed(0), device=device)
 
     per_step = timed(run, device, repeats=1, warmup=1) / probe_steps
     batches = -(-n // batch)
@@ -96,6 +98,8 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--ddpm-T", type=Number(int, 1, 10_000), nargs="+", default=[10, 100, 1000])
     p.add_argument("--repeats", type=Number(int, 1, 1000), default=3)
     p.add_argument("--channels-last", action="store_true", help="networks in channels_last, as trials load them on CUDA")
+    p.add_argument("--precision", choices=SAMPLE_PRECISIONS, default="fp32",
+                   help="sampling numerics (ddgan.sampler.sampling_numerics; eval.sample_precision, default fp32)")
     p.add_argument("--fid-samples", type=Number(int, 1, 1_000_000), default=None,
                    help="also: seconds to sample this many images from a DDPM with S=1000 steps (extrapolated)")
     p.add_argument("--probe-steps", type=Number(int, 1, 1000), default=20,
@@ -111,16 +115,18 @@ def main(argv=None) -> int | None:
     device = torch.device(args.device)
     ref_col = f"speed-up vs DDPM T={max(args.ddpm_T)}"
     columns = ["model", "sampler", "T", "NFE", "ms/image", "images/s", ref_col]
-    layout = " in channels_last" if args.channels_last else ""
+    layout = (" in channels_last" if args.channels_last else "") + f", {args.precision}"
     text, rows, fid_rows = "", [], []
     for preset in args.presets:
-        found = rows_for(preset, args.batch, device, args.ddgan_T, args.ddpm_T, args.repeats, args.channels_last)
+        with sampling_numerics(device, args.precision):  # as a trial's evaluation samples
+            found = rows_for(preset, args.batch, device, args.ddgan_T, args.ddpm_T, args.repeats, args.channels_last)
         rows += found
         text += header(f"Sampling speed ({preset} preset, batch {args.batch}{layout})", str(device)) + "\n" + \
             markdown_table(found, columns) + "\n\n"
     if args.fid_samples:
-        fid_rows = [fid_sampling_row(preset, args.batch, device, args.fid_samples, args.probe_steps, args.channels_last)
-                    for preset in args.presets]
+        with sampling_numerics(device, args.precision):
+            fid_rows = [fid_sampling_row(preset, args.batch, device, args.fid_samples, args.probe_steps,
+                                         args.channels_last) for preset in args.presets]
         text += f"### DDPM S=1000: {args.fid_samples} samples for a final FID\n\n" + markdown_table(
             fid_rows, ["preset", "S", "samples", "batch", "ms per step (one batch)", "ms/image per NFE",
                        "extrapolated s", "how"]) + "\n"
