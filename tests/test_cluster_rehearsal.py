@@ -1,7 +1,7 @@
 """benchmarks/cluster_rehearsal.sh: its grid keeps the `full` grid's shape, the script parses.
 
 The rehearsal itself (two Ray nodes, an MLflow server, PostgreSQL, a node and the driver killed)
-takes ~12 min on a loaded 2-core machine, too long for CI: its log is committed
+took 824 s on a 2-core machine at a load average of 10-14, too long for CI: its log is committed
 (benchmarks/cluster_rehearsal.log). What can drift without anyone running it is checked here.
 """
 
