@@ -88,8 +88,8 @@ def test_sampling_follows_the_trials_own_sampler():
 
 
 @pytest.mark.parametrize("argv, match", [
-    (["--n", "1"], "--n must be >= 2"),
-    (["--top-k", "0"], "--top-k must be >= 1"),
+    (["--n", "1"], r"--n must be in 2\.\..* \(a covariance needs two samples\), got 1"),
+    (["--top-k", "0"], r"--top-k must be in 1\.\."),
     (["--reference-n", "1"], "--reference-n must be in 2..60000"),
     (["--reference-n", "70000"], "--reference-n must be in 2..60000"),
 ])
