@@ -3,7 +3,8 @@
 # (`pip install -e .`) and the data at $DDGAN_DATA_DIR it finishes in <= 8 minutes and writes
 # under OUT_DIR what configs/costs.yaml needs:
 #
-#   1. the GPU tests (tests/test_gpu.py: bf16, channels_last, compile, and a resume across an
+#   1. the GPU tests (tests/test_gpu.py, tests/test_gpu_metrics.py but its compiled sampling: bf16,
+#      channels_last, compile, checkpoints mapped to CUDA, speed alone, and a resume across an
 #      R1 step compared with the uninterrupted run, EMA included); pytest is installed first if
 #      missing (from $WHEELS when given, else the package index; offline: said so, step failed)
 #   2. trainer img/s per preset and method at the full grid's batch (128), fp32 and bf16
@@ -86,7 +87,7 @@ ensure_pytest() {
   echo "install pytest (pip install -e '.[test]') and run: $PY -m pytest -m gpu tests/test_gpu.py"
   return 1
 }
-gpu_tests() { ensure_pytest && $PY -m pytest -q -rA -m gpu tests/test_gpu.py -p no:cacheprovider; }
+gpu_tests() { ensure_pytest && $PY -m pytest -q -rA -m gpu tests/test_gpu.py tests/test_gpu_metrics.py -k "not compiled" -p no:cacheprovider; }
 export PY && export -f ensure_pytest gpu_tests  # `timeout` runs them in a child bash
 
 if [ -n "$REHEARSE" ]; then  # every step on the CPU at toy sizes: the script's paths, not its numbers

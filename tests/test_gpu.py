@@ -106,3 +106,35 @@ def test_resume_across_an_r1_step_on_cuda_matches_the_uninterrupted_run(tmp_path
         for key, value in ours.items():
             if value.is_floating_point():
                 torch.testing.assert_close(theirs[key], value, rtol=1e-4, atol=1e-6, msg=f"{part}.{key}")
+
+
+def test_checkpoint_loaded_onto_cuda_restores_its_rng_states(tmp_path):
+    """Defect 1 itself: every tensor of a checkpoint mapped to the GPU, RNG states included."""
+    from ddgan.checkpoint import capture_rng_state, restore_rng_state, save_checkpoint
+
+    torch.manual_seed(3)
+    torch.cuda.manual_seed_all(3)
+    save_checkpoint(tmp_path / "rng.pt", {"step": 0, "config": _cfg().to_dict(), "networks": {}, "ema": {},
+                                          "rng": capture_rng_state()})
+    expected = torch.rand(3), torch.rand(3, device="cuda")
+    mapped = torch.load(tmp_path / "rng.pt", map_location="cuda", weights_only=True)["rng"]
+    assert mapped["torch"].is_cuda
+    restore_rng_state(mapped)
+    assert torch.equal(torch.rand(3), expected[0]) and torch.equal(torch.rand(3, device="cuda"), expected[1])
+
+
+def test_speed_alone_and_the_sample_phase_layout_on_cuda(tmp_path):
+    from ddgan.checkpoint import save_checkpoint
+    from ddgan.export import load_for_sampling
+    from ddgan.methods import build_method
+    from ddgan.speed import measure_speed
+
+    cfg = _cfg()
+    figures = measure_speed(cfg, "cuda", sample_batch=32)
+    assert figures.device.startswith("cuda: ") and figures.nfe == 2 and figures.train_steps_timed == 15
+    assert figures.sample_ms_per_image > 0 and figures.train_img_per_s > 0
+    method = build_method(cfg, torch.device("cuda"))
+    save_checkpoint(tmp_path / "ckpt_0000001.pt", {"step": 1, "config": cfg.to_dict(), **method.state_dict()})
+    _, net = load_for_sampling(tmp_path, "cuda")  # the sample phase's network, as training evaluated it
+    convs = [m.weight for m in net.modules() if isinstance(m, torch.nn.Conv2d) and m.weight.shape[1] > 1]
+    assert convs and all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
