@@ -15,7 +15,7 @@ from study.report import figures
 from study.report.build import build_report, missing_notes
 from study.report.cli import main
 from study.report.data import load_study
-from study.report.tables import best_by_cell, fmt, interval95, pareto_mask, speed_table
+from study.report.tables import MS, best_by_cell, fmt, interval95, pareto_mask, speed_table
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -146,7 +146,7 @@ def test_a_cell_with_only_pruned_trials_is_reported_as_not_final():
 
 
 def test_speed_up_against_ddpm_1000_and_the_pareto_front():
-    ms, nfe, m = "eval/sample_ms_per_image", "eval/nfe", "m"
+    ms, nfe, m = MS, "eval/nfe", "m"  # a best-by-cell frame's ms/image (alone where measured, else packed)
     best = pd.DataFrame({
         "cell": ["ddgan-ns-T4", "ddpm-ddim-S10", "ddpm-ancestral-S100"], "method": ["ddgan", "ddpm", "ddpm"],
         "loss": ["ns", "mse", "mse"], "T": [4, 1000, 1000], "sampler": [None, "ddim", "ancestral"],
@@ -160,6 +160,25 @@ def test_speed_up_against_ddpm_1000_and_the_pareto_front():
     assert list(pareto_mask([1, 2, 3, 3], [1, 2, 3, 2], "max")) == [True, True, True, False]
     mean, low, high = interval95([1.0, 2.0, 3.0])
     assert mean == 2.0 and high - mean == pytest.approx(4.302652729911275 / math.sqrt(3))
+
+
+def test_sample_time_is_the_one_measured_alone_where_the_study_has_it():
+    """speed/* (timed alone after the phases) wins over eval/* (timed inside packed trials); a study
+    without speed/* keeps its packed figures, and the report says which is which."""
+    from study.report.markdown import speed_section
+
+    summary = pd.DataFrame({
+        "trial_key": ["a0", "a1", "b0"], "cell": ["ddgan-ns-T1", "ddgan-ns-T1", "ddgan-ns-T2"], "phase": "train",
+        "method": "ddgan", "loss": "ns", "T": [1, 1, 2], "sampler": None, "sampling_steps": None, "preset": "tiny",
+        "lr": 1e-3, "seed": [0, 1, 0], "status": "completed", "m": [5.0, 6.0, 4.0], "run_id": ["r0", "r1", "r2"],
+        "eval/nfe": [1.0, 1.0, 2.0], "eval/sample_ms_per_image": [9.0, 11.0, 30.0],
+        "speed/sample_ms_per_image": [2.0, 2.0, math.nan]})
+    best = best_by_cell(summary, "m", "min").set_index("cell")
+    assert best.loc["ddgan-ns-T1", MS] == 2.0 and best.loc["ddgan-ns-T1", "sample_ms_timed"] == "alone"
+    assert best.loc["ddgan-ns-T2", MS] == 30.0 and best.loc["ddgan-ns-T2", "sample_ms_timed"] == "packed"
+    assert best.loc["ddgan-ns-T1", "eval/sample_ms_per_image"] == 10.0  # the packed figure is kept beside it
+    text = "\n".join(speed_section(speed_table(best.reset_index(), "m", "min"), best, "m", {}))
+    assert "measured alone" in text and "Cells marked packed" in text
 
 
 def test_cli_errors_are_one_line_and_exit_2(fake_study, tmp_path, capsys):  # noqa: F811

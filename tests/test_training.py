@@ -243,26 +243,31 @@ def pooled_frechet(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def test_tiny_ddgan_moves_samples_toward_target(tmp_path, fmnist_dir):
+    """A GAN's 100-step trajectory from one seed depends on the CPU's floating-point kernels (the same
+    seed gave a distance ratio of 0.58 on an Intel CPU and 0.80 on an AMD EPYC), so one seed against a
+    tight bound is a test of the CPU, not of the step. Three seeds, judged by their median: measured
+    ratios 0.41-0.80 over seeds and CPUs; an untrained or broken step stays near 1."""
     from ddgan.data import load_fashion_mnist, to_model_range
+    from ddgan.methods import build_method
 
     images, _ = load_fashion_mnist(fmnist_dir, "test")
     data, target = to_model_range(images[:500]), to_model_range(images[500:800])
-    cfg = tiny(**{"diffusion.T": 4, "train.steps": 100, "train.batch_size": 32, "eval.every": 100,
-                  "train.log_every": 50, "train.ema_decay": 0.9, "train.lr_g": 2e-3})
+    ratios = []
+    for seed in (0, 1, 2):
+        cfg = tiny(**{"diffusion.T": 4, "train.steps": 100, "train.batch_size": 32, "eval.every": 100,
+                      "train.log_every": 50, "train.ema_decay": 0.9, "train.lr_g": 2e-3, "train.seed": seed})
 
-    def distance(net):
-        samples, _ = sample_ddgan(net, schedule_for(cfg), 300, z_dim=cfg.model.z_dim,
-                                  torch_generator=torch.Generator().manual_seed(0))
-        return pooled_frechet(samples, target)
+        def distance(net, cfg=cfg):
+            samples, _ = sample_ddgan(net, schedule_for(cfg), 300, z_dim=cfg.model.z_dim,
+                                      torch_generator=torch.Generator().manual_seed(0))
+            return pooled_frechet(samples, target)
 
-    from ddgan.methods import build_method
-
-    torch.manual_seed(cfg.train.seed)  # the trainer initialises with the same seed
-    before = distance(build_method(cfg, torch.device("cpu")).networks["generator"])
-    result = train(cfg, tmp_path, data=Batches(data, 32), evaluator=null_evaluator)
-    after = distance(load_for_sampling(result.checkpoint)[1])
-    # Measured: 23.3 -> 13.6 (real-vs-real is 0.29); an untrained or broken step stays near 23.
-    assert after < 0.75 * before, (before, after)
+        torch.manual_seed(cfg.train.seed)  # the trainer initialises with the same seed
+        before = distance(build_method(cfg, torch.device("cpu")).networks["generator"])
+        result = train(cfg, tmp_path / f"s{seed}", data=Batches(data, 32, seed=seed), evaluator=null_evaluator)
+        ratios.append(distance(load_for_sampling(result.checkpoint)[1]) / before)
+    assert sorted(ratios)[1] < 0.85, ratios  # the median seed moved samples well toward the data
+    assert max(ratios) < 1.0, ratios  # and no seed moved them away
 
 
 def test_tiny_ddpm_lowers_its_loss(tmp_path, fmnist_dir):

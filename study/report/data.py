@@ -171,9 +171,10 @@ def _summary(trials: pd.DataFrame, histories: dict[str, pd.DataFrame], metric: s
         trained = record["total_steps"] if record["phase"] == "sample" else record["steps"]
         if trained is not None and record["batch_size"] is not None:
             record["images_seen"] = int(trained) * int(record["batch_size"])
-        rate = row.get("metrics.train/img_per_s")
+        # training time at the throughput measured alone on the device (speed/*, study.tuning.speed),
+        # else at the trial's last logged one (packed beside other trials); no evaluation, no start-up
+        rate = _number(row.get("metrics.speed/train_img_per_s"), float) or row.get("metrics.train/img_per_s")
         if record["phase"] == "train" and trained is not None and rate is not None and rate > 0:
-            # training time at the last logged throughput (no evaluation, no start-up)
             record["train_min"] = record["images_seen"] / float(rate) / 60
         for column in eval_cols + other_cols:
             record[column.removeprefix("metrics.")] = row[column]

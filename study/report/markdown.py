@@ -195,7 +195,7 @@ def ddpm_table(best: pd.DataFrame, metric: str) -> list[str]:
 def speed_section(speed: pd.DataFrame, best: pd.DataFrame, metric: str, reference: dict[str, dict]) -> list[str]:
     lines = ["## Sampling speed", ""]
     if speed.empty:
-        return lines + ["No cell recorded `eval/sample_ms_per_image` yet.", ""]
+        return lines + ["No cell recorded `speed/sample_ms_per_image` or `eval/sample_ms_per_image` yet.", ""]
     for preset, ref in reference.items():
         lines.append(f"- Reference for preset `{preset}`: DDPM T=1000 with 1000 steps, "
                      f"{fmt(ref['ms'], 3)} ms/image ({ref['how']}).")
@@ -204,11 +204,25 @@ def speed_section(speed: pd.DataFrame, best: pd.DataFrame, metric: str, referenc
     table = [[cell_label(r), fmt(r[NFE], 4), fmt(r[MS], 3),
               None if math.isnan(r["speedup_vs_ddpm1000"]) else f"{r['speedup_vs_ddpm1000']:.3g}x",
               fmt(r[_m(metric)]), "yes" if r["on_pareto_front"] else ""] for _, r in speed.iterrows()]
-    return lines + ["- Timed during the study's evaluations (batch of `eval.batch_size`, the trial's device, other "
-                    "trials possibly running at the same time): compare ratios, not absolute times. The DDGAN "
-                    "generator and the DDPM denoiser are the same U-Net preset; the generator adds the latent z.", "",
+    return lines + [_timing_note(speed), "", "The DDGAN generator and the DDPM denoiser are the same U-Net "
+                    "preset; the generator adds the latent z.", "",
                     markdown_table(["cell", "NFE", "ms/image", "speed-up vs DDPM T=1000", metric, "Pareto front"],
                                    table, {1, 2, 3, 4}), ""]
+
+
+def _timing_note(speed: pd.DataFrame) -> str:
+    """How the ms/image column was timed: alone on the device, or inside trials that shared it."""
+    timed = set("/".join(speed.get("sample_ms_timed", pd.Series(dtype=str)).fillna("")).split("/")) - {""}
+    alone = ("- ms/image measured alone on the device after the study's phases (`speed/sample_ms_per_image`: "
+             "one configuration at a time, untrained weights, synchronised; the device is each run's "
+             "`speed.device` tag).")
+    packed = ("- ms/image timed during the trials' evaluations (`eval/sample_ms_per_image`: batch of "
+              "`eval.batch_size`, other trials possibly sharing the device): compare ratios, not absolute times.")
+    if timed == {"alone"}:
+        return alone
+    if timed == {"packed"}:
+        return packed
+    return alone + "\n" + packed.replace("- ms/image", "- Cells marked packed: ms/image") if timed else packed
 
 
 def figures_section(figures: dict[str, str | None]) -> list[str]:

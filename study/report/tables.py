@@ -29,8 +29,25 @@ from study.report.data import UNFINISHED, cell_order
 
 SPEED_REFERENCE_T = 1000
 CELL_COLUMNS = ["cell", "method", "loss", "T", "sampler", "sampling_steps", "preset"]
-MS = "eval/sample_ms_per_image"
+# Sampling time per image: measured alone on the device after the phases (`speed/*`, see
+# study.tuning.speed) where the study has it, else what the trials' evaluations timed while
+# sharing their device (`eval/*`, packed); the column `sample_ms_timed` says which.
+MS = "sample_ms_per_image"
+MS_ALONE, MS_PACKED = "speed/sample_ms_per_image", "eval/sample_ms_per_image"
 NFE = "eval/nfe"
+
+
+def with_sample_ms(summary: pd.DataFrame) -> pd.DataFrame:
+    """`summary` with the MS column (alone where measured, else packed) and `sample_ms_timed`."""
+    frame = summary.copy()
+    nan = pd.Series(math.nan, index=frame.index, dtype=float)
+    alone = pd.to_numeric(frame[MS_ALONE], errors="coerce") if MS_ALONE in frame else nan
+    packed = pd.to_numeric(frame[MS_PACKED], errors="coerce") if MS_PACKED in frame else nan
+    given = pd.to_numeric(frame[MS], errors="coerce") if MS in frame else nan  # a frame that has it already
+    packed = packed.where(packed.notna(), given)
+    frame[MS] = alone.where(alone.notna(), packed)
+    frame["sample_ms_timed"] = np.where(alone.notna(), "alone", np.where(packed.notna(), "packed", ""))
+    return frame
 
 
 def interval95(values: pd.Series | list[float]) -> tuple[float, float, float]:
@@ -98,7 +115,7 @@ def cell_best(group: pd.DataFrame, metric: str, mode: str) -> dict[str, Any]:
     done, basis = _candidates(group, metric)
     row.update(best_lr=math.nan, basis="none" if done.empty else basis, seeds=0, lrs_tried="", images_seen=math.nan)
     row.update({f"{metric}_mean": math.nan, f"{metric}_ci_low": math.nan, f"{metric}_ci_high": math.nan})
-    row.update({MS: math.nan, NFE: math.nan, "best_trial": None, "best_run_id": None})
+    row.update({MS: math.nan, NFE: math.nan, "sample_ms_timed": "", "best_trial": None, "best_run_id": None})
     if not done.empty:
         best_lr, row["lrs_tried"] = _best_lr(done, metric, mode)
         chosen = done[done["lr"] == best_lr]
@@ -111,6 +128,9 @@ def cell_best(group: pd.DataFrame, metric: str, mode: str) -> dict[str, Any]:
                                                   f"{metric}_ci_high": high})
         for column in [c for c in group.columns if c.startswith("eval/") and c != metric]:
             row.update(_other_metric(chosen, column))
+        if MS in chosen:
+            row[MS] = chosen[MS].mean()
+            row["sample_ms_timed"] = "/".join(sorted(set(chosen["sample_ms_timed"]) - {""}))
     row.update(_counts(group))
     return row
 
@@ -120,8 +140,8 @@ def _other_metric(chosen: pd.DataFrame, column: str) -> dict[str, Any]:
     when only some trials have it (e.g. a final Inception FID of the cell's best trial), the single
     values with their seeds (`<name>_trials`, text): one model's number is not a cell mean."""
     values = chosen[column]
-    if column in (MS, NFE) or values.notna().all():
-        return {column if column in (MS, NFE) else f"{column}_mean": values.mean()}
+    if column in (MS, MS_PACKED, NFE) or values.notna().all():
+        return {column if column in (MS, MS_PACKED, NFE) else f"{column}_mean": values.mean()}
     present = chosen[values.notna()]
     if present.empty:
         return {}
@@ -131,6 +151,7 @@ def _other_metric(chosen: pd.DataFrame, column: str) -> dict[str, Any]:
 
 def best_by_cell(summary: pd.DataFrame, metric: str, mode: str) -> pd.DataFrame:
     """Per cell (DDGAN: loss x T; DDPM: per-T models and respaced samplers) the best lr and its numbers."""
+    summary = with_sample_ms(summary)
     rows = [cell_best(group, metric, mode) for _, group in summary.groupby("cell", sort=False)]
     frame = pd.DataFrame(rows)
     if frame.empty:
