@@ -73,7 +73,9 @@ def test_preflight_fails_fast_on_unreachable_servers_with_masked_uri(tmp_path):
     start = time.perf_counter()
     with pytest.raises(UsageError) as err:
         preflight(stores)
-    assert time.perf_counter() - start < 5
+    # a hang detector, not a speed test: MLflow's own client retries for minutes; the probe's
+    # timeout is seconds, plus imports on a loaded machine
+    assert time.perf_counter() - start < 30
     assert "unreachable" in str(err.value) and "topsecret" not in str(err.value) and "***" in str(err.value)
     stores = resolve_stores("s", tmp_path, optuna_storage=f"postgresql://u:topsecret@127.0.0.1:{port}/optuna")
     with pytest.raises(UsageError) as err:
