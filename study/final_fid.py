@@ -1,11 +1,20 @@
-"""CLI: `python -m study.final_fid [--study NAME] --per loss --top-k 1 --n 2000 --reference-n 10000`.
+"""CLI: `python -m study.final_fid [--study NAME] --per loss --top-k 1 --n 10000 --reference-n 10000`.
 
 The final Inception FID of a study's winners: the best K completed training trials per
 group (`study.export`'s selection, ranked by the study's own metric), each exported
 (verified), sampled afresh and scored with clean-fid's TF-Inception in clean mode against
 reference statistics of the first `--reference-n` training images (computed once, cached per
 extractor, weights sha256, split and N). This is how a CPU study reports FID: on its winners
-only, at a sample count it can afford, the count in the metric's name (`eval/fid_inception_2k`).
+only, at a sample count it can afford, the count in the metric's name (`eval/fid_inception_10k`).
+
+FID protocol: never on fewer than 2,048 samples (Inception's feature dimension; below it the
+covariance is rank-deficient: use KID). FID's bias falls as 1/N with a slope that differs
+between models (Chong & Forsyth, CVPR 2020), so FIDs of different models are compared at two
+N and extrapolated: from the same N samples, FID on the first N/2, 3N/4 and N is fitted by
+least squares to FID_N = FID_inf + k / N (`ddgan.metrics.fid_infinity`) and logged as
+`eval/fid_inception_<N>`, `eval/fid_inception_<N/2>` and `eval/fid_inception_inf` (tags: the
+counts and the slope k). When N/2 < 2,048, FID at N alone is logged and the record says that
+FID-infinity was not computed.
 
 Selection without bias: the winners are picked on the study's metric at the evaluation seed
 the trials used (eval.seed, 1234 by default); the FID samples are drawn with `--sample-seed`
@@ -35,7 +44,12 @@ from ddgan.cli import SEED, STUDY_NAME, ArgumentParser, InputPath, Number, Outpu
 from ddgan.errors import UsageError
 from ddgan.metrics.evaluator import INCEPTION_BATCH, metric_name
 from ddgan.metrics.extractors import FeatureExtractor, get_extractor
-from ddgan.metrics.frechet import feature_stats, frechet_distance
+from ddgan.metrics.fid_infinity import (
+    MIN_FID_SAMPLES,
+    extrapolation_counts,
+    fid_at_counts,
+    fit_fid_infinity,
+)
 from ddgan.metrics.reference import reference_stats
 from study.export import SELECTIONS, export_metrics, export_trial, select_trials
 from study.flags import add_store_args
@@ -44,6 +58,13 @@ from study.stores import mlflow_uri_for
 from study.stores.mlflow_client import MlflowStore
 
 EXTRACTOR = "inception"
+FIT = "least squares FID_N = FID_inf + k / N (Chong & Forsyth 2020)"
+
+
+def min_samples(extractor_name: str) -> int:
+    """The fewest samples a Frechet distance is computed on: Inception FID its 2048 feature
+    dimensions (`MIN_FID_SAMPLES`), the labelled non-Inception distances two."""
+    return MIN_FID_SAMPLES if extractor_name == "inception" else 2
 
 
 def sampling_args(row: pd.Series) -> dict[str, Any]:
@@ -54,29 +75,71 @@ def sampling_args(row: pd.Series) -> dict[str, Any]:
 
 
 def score_model(directory: Path, extractor: FeatureExtractor, reference: tuple, n: int, seed: int,
-                steps: int | None, sampler: str, batch_size: int = 250, device: str = "cpu") -> dict[str, float]:
-    """FID of n fresh samples of an exported model (seeded noise on `device`) against the reference stats."""
+                steps: int | None, sampler: str, batch_size: int = 250, device: str = "cpu",
+                counts: Sequence[int] | None = None) -> dict[str, Any]:
+    """FID of n fresh samples of an exported model (seeded noise on `device`) against the reference
+    stats, and of their first c for each c in `counts` (default: n alone); with >= 2 counts, the
+    1/N fit (`fid_inf`, `slope`), else those are None."""
     from ddgan.sample import generate
 
+    counts = tuple(counts or (n,))
     start = time.perf_counter()
     images, nfe = generate(directory, n, seed=seed, steps=steps, sampler=sampler, device=device,
                            batch_size=batch_size)
     sample_s = time.perf_counter() - start
-    mu, sigma = feature_stats(extractor.features(images))
-    return {"fid": frechet_distance(mu, sigma, reference[0], reference[1]), "nfe": float(nfe),
-            "sample_s": sample_s, "total_s": time.perf_counter() - start}
+    fids = dict(zip(counts, fid_at_counts(extractor.features(images), reference[0], reference[1], counts),
+                    strict=True))
+    fit = fit_fid_infinity(counts, list(fids.values())) if len(counts) > 1 else None
+    return {"fid": fids[n], "fids": fids, "fid_inf": fit.fid_inf if fit else None,
+            "slope": fit.slope if fit else None, "nfe": float(nfe), "sample_s": sample_s,
+            "total_s": time.perf_counter() - start}
+
+
+def fid_metric_names(kind: str, extractor: str, counts: Sequence[int]) -> dict[str, int | tuple[int, ...]]:
+    """{metric name: the count(s) it is computed on}: FID at N (the largest count) first, then at
+    N/2 (the smallest) and FID-infinity from all counts when there are several.
+    ("fid", "inception", (5000, 7500, 10000)) -> {eval/fid_inception_10k: 10000,
+    eval/fid_inception_5k: 5000, eval/fid_inception_inf: (5000, 7500, 10000)}."""
+    names: dict[str, int | tuple[int, ...]] = {metric_name(kind, extractor, max(counts)): max(counts)}
+    if len(counts) > 1:
+        names[metric_name(kind, extractor, min(counts))] = min(counts)
+        names[f"eval/{kind}_{extractor}_inf"] = tuple(counts)
+    return names
+
+
+def log_scores(store: MlflowStore, row: pd.Series, names: dict[str, int | tuple[int, ...]],
+               scored: dict[str, Any], protocol: dict[str, Any]) -> dict[str, float]:
+    """Log each of `names` to the trial's run (at its last step) with the protocol as tags, the
+    tag `n` the count(s) behind that number; FID-infinity also tags its slope k. -> {name: value}."""
+    step = int(row["steps"]) if pd.notna(row["steps"]) else 0
+    values = {}
+    for name, count in names.items():
+        extrapolated = isinstance(count, tuple)
+        values[name] = scored["fid_inf"] if extrapolated else scored["fids"][count]
+        store.log_metric(row["run_id"], name, values[name], step=step)
+        tags = {**protocol, "n": ",".join(map(str, count)) if extrapolated else count}
+        if extrapolated:
+            tags["slope"] = scored["slope"]
+        for key, value in tags.items():
+            store.set_tag(row["run_id"], f"{name}.{key}", str(value))
+    return values
 
 
 def final_fid(mlflow_uri: str, study: str | None, per: str, top_k: int, n: int, reference_n: int | None,
               data_dir: str | None, out: str | Path, *, sample_seed: int = 1, fid_weights: str | None = None,
               cache_dir: str | Path | None = None, extractor: FeatureExtractor | None = None,
               methods: Sequence[str] | None = None, device: str = "auto") -> dict[str, Any]:
-    """Score the winners (of `methods` only, if given); log each FID to its MLflow run; returns (and
-    writes) the record. A second call with the same protocol adds its models to the same record.
+    """Score the winners (of `methods` only, if given); log each FID (at N, at N/2 and extrapolated,
+    see `fid_metric_names`) to its MLflow run; returns (and writes) the record. A second call with
+    the same protocol adds its models to the same record.
     device: where the models sample and Inception runs ("auto": CUDA when visible); the reference
     statistics are those of that device type (fp32), and the protocol records it."""
-    if n < 2:
-        raise UsageError(f"--n must be >= 2 (a covariance needs two samples), got {n}")
+    minimum = min_samples(extractor.name if extractor else EXTRACTOR)
+    if n < minimum:
+        raise UsageError(f"--n must be >= 2 (a covariance needs two samples), got {n}" if minimum == 2 else
+                         f"--n {n}: Inception FID needs >= {minimum} samples (its feature dimension); "
+                         "use KID (kid_inception) below that")
+    counts = extrapolation_counts(n, minimum)
     from ddgan.data import resolve_data_dir
 
     runs = load_study(mlflow_uri, study)
@@ -88,14 +151,17 @@ def final_fid(mlflow_uri: str, study: str | None, per: str, top_k: int, n: int, 
 
     dev = pick_device(device)
     extractor = extractor or get_extractor(EXTRACTOR, dev, weights=fid_weights, batch_size=INCEPTION_BATCH)
-    name = metric_name("fid" if extractor.name == "inception" else "fd", extractor.name, n)  # FID means Inception
+    names = fid_metric_names("fid" if extractor.name == "inception" else "fd", extractor.name, counts)
+    name = next(iter(names))  # FID at n; "fid" means Inception
     start = time.perf_counter()
     mu, sigma, meta = reference_stats(extractor, resolve_data_dir(data_dir), "train", reference_n, cache_dir)
     reference_s = time.perf_counter() - start
     protocol = {**extractor.describe(), "n": n, "sample_seed": sample_seed, "sample_device": dev.type,
                 "reference_split": "train",
                 "reference_n": meta["n"], "reference_data_sha256": meta["data_sha256"],
-                "selection": f"best {top_k} per {per} by {runs.metric} (eval seed of the trials)"}
+                "selection": f"best {top_k} per {per} by {runs.metric} (eval seed of the trials)",
+                "fid_counts": list(counts), "fid_infinity": FIT if len(counts) > 1 else
+                f"not computed: N/2 = {n // 2} < {minimum} samples"}
     out_dir = Path(out) / runs.study
     store, models = MlflowStore(runs.uri), []
     rows = protocol_rows(runs)
@@ -103,18 +169,16 @@ def final_fid(mlflow_uri: str, study: str | None, per: str, top_k: int, n: int, 
         directory = export_trial(runs, row, out_dir / row["trial_key"], export_metrics(runs, row, per, rows))
         how = sampling_args(row)
         scored = score_model(directory, extractor, (mu, sigma), n, sample_seed, how["steps"], how["sampler"],
-                             device=str(dev))
-        step = int(row["steps"]) if pd.notna(row["steps"]) else 0
-        store.log_metric(row["run_id"], name, scored["fid"], step=step)
-        for key, value in protocol.items():
-            store.set_tag(row["run_id"], f"{name}.{key}", str(value))
+                             device=str(dev), counts=counts)
+        values = log_scores(store, row, names, scored, protocol)
         models.append({"trial_key": row["trial_key"], "group": str(row["group"]), "run_id": row["run_id"],
-                       runs.metric: float(row[runs.metric]), name: scored["fid"], **how,
+                       runs.metric: float(row[runs.metric]), **values, "fid_slope": scored["slope"], **how,
                        "nfe": scored["nfe"], "sample_s": round(scored["sample_s"], 2),
                        "total_s": round(scored["total_s"], 2)})
-        print(f"{row['group']}: {row['trial_key']} {name} = {scored['fid']:.2f} "
+        others = "".join(f", {k} {v:.2f}" for k, v in values.items() if k != name)
+        print(f"{row['group']}: {row['trial_key']} {name} = {scored['fid']:.2f}{others} "
               f"({runs.metric} {float(row[runs.metric]):.4g}; {scored['total_s']:.0f} s)", flush=True)
-    record = {"study": runs.study, "metric": name, "protocol": protocol,
+    record = {"study": runs.study, "metric": name, "metrics": list(names), "protocol": protocol,
               "reference_from_cache": bool(meta.get("from_cache")), "reference_s": round(reference_s, 1),
               "models": models}
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -134,7 +198,9 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--study", default=None, type=STUDY_NAME, help="study name (default: the only study in the store)")
     p.add_argument("--per", default="loss", choices=SELECTIONS, help="group of the winners (default: loss)")
     p.add_argument("--top-k", type=Number(int, 1, 10_000), default=1, help="winners per group (default: 1)")
-    p.add_argument("--n", type=Number(int, 2, 1_000_000, why="a covariance needs two samples"), default=10_000, help="samples per model (default: 10000)")
+    p.add_argument("--n", type=Number(int, MIN_FID_SAMPLES, 1_000_000,
+                                     why="Inception FID needs its 2048 feature dimensions; use KID below that"),
+                   default=10_000, help="samples per model; FID also at N/2 and extrapolated (default: 10000)")
     p.add_argument("--reference-n", type=Number(int, 2, 60_000), default=None,
                    help="first N training images for the reference statistics (default: all 60,000)")
     p.add_argument("--methods", nargs="+", choices=("ddgan", "ddpm"), default=None,

@@ -3,6 +3,8 @@
 Uses a fresh fake study (tests/fake_study.py: real MLflow, saved random-weight models) and the
 labelled test extractor in place of Inception (never
 reported as Inception FID: its metric is `eval/fd_test-extractor_<n>`); the value is checked against an independent computation.
+The FID protocol: the distance at N and N/2 and its 1/N extrapolation from N/2, 3N/4 and N
+(`eval/fd_test-extractor_inf`); Inception FID below 2048 samples is refused.
 """
 
 from __future__ import annotations
@@ -14,14 +16,16 @@ from mlflow.tracking import MlflowClient
 
 from ddgan.errors import UsageError
 from ddgan.metrics.extractors import get_extractor
+from ddgan.metrics.fid_infinity import fit_fid_infinity
 from ddgan.metrics.frechet import feature_stats, frechet_distance
 from ddgan.metrics.reference import reference_images
 from ddgan.sample import generate
-from study.final_fid import final_fid, main, sampling_args
+from study.final_fid import fid_metric_names, final_fid, main, sampling_args
 from study.report.data import load_study
 
 N, REFERENCE_N = 32, 48
 NAME = "eval/fd_test-extractor_32"  # "fid" is kept for Inception
+HALF, INF = "eval/fd_test-extractor_16", "eval/fd_test-extractor_inf"  # at N/2; from N/2, 3N/4, N
 
 
 @pytest.fixture(scope="module")
@@ -59,13 +63,25 @@ def test_scores_the_best_model_of_each_loss_and_logs_it(scored, fmnist_dir):
             assert (model["steps"], model["sampler"]) == (int(row["sampling_steps"]), row["sampler"] or "ancestral")
         images, _ = generate(out / "fake" / model["trial_key"], N, seed=3, steps=model["steps"],
                              sampler=model["sampler"], device="cpu")
-        mu, sigma = feature_stats(extractor.features(images))
-        expected = frechet_distance(mu, sigma, mu_r, sigma_r)
+        features = extractor.features(images)
+        at = {c: frechet_distance(*feature_stats(features[:c]), mu_r, sigma_r) for c in (16, 24, 32)}
+        expected = at[32]
+        fit = fit_fid_infinity(list(at), list(at.values()))
         assert model[NAME] == pytest.approx(expected, rel=1e-6)
+        assert model[HALF] == pytest.approx(at[16], rel=1e-6) and model[HALF] != pytest.approx(expected)
+        assert model[INF] == pytest.approx(fit.fid_inf, rel=1e-6, abs=1e-9)
+        assert model["fid_slope"] == pytest.approx(fit.slope, rel=1e-6, abs=1e-9)
         run = client.get_run(model["run_id"])
         assert run.data.metrics[NAME] == pytest.approx(expected, rel=1e-6)
+        assert run.data.metrics[HALF] == pytest.approx(at[16], rel=1e-6)
+        assert run.data.metrics[INF] == pytest.approx(fit.fid_inf, rel=1e-6, abs=1e-9)
         assert run.data.tags[f"{NAME}.extractor"] == "test-extractor"
         assert run.data.tags[f"{NAME}.sample_seed"] == "3"
+        assert (run.data.tags[f"{NAME}.n"], run.data.tags[f"{HALF}.n"], run.data.tags[f"{INF}.n"]) == (
+            "32", "16", "16,24,32")  # each number names the counts behind it
+        assert float(run.data.tags[f"{INF}.slope"]) == pytest.approx(fit.slope, rel=1e-6, abs=1e-9)
+    assert record["metrics"] == [NAME, HALF, INF] and record["protocol"]["fid_counts"] == [16, 24, 32]
+    assert "Chong & Forsyth" in record["protocol"]["fid_infinity"]
     saved = json.loads((out / "fake" / "final_fid.json").read_text())
     assert [m["trial_key"] for m in saved["models"]] == [m["trial_key"] for m in record["models"]]
 
@@ -87,8 +103,22 @@ def test_sampling_follows_the_trials_own_sampler():
         "steps": 10, "sampler": "ddim"}
 
 
+def test_fid_is_named_at_n_at_half_and_extrapolated():
+    assert fid_metric_names("fid", "inception", (5000, 7500, 10_000)) == {
+        "eval/fid_inception_10k": 10_000, "eval/fid_inception_5k": 5000,
+        "eval/fid_inception_inf": (5000, 7500, 10_000)}
+    assert fid_metric_names("fid", "inception", (4000,)) == {"eval/fid_inception_4k": 4000}  # N/2 < 2048
+
+
+def test_inception_fid_below_2048_samples_is_refused_before_any_work(tmp_path):
+    with pytest.raises(UsageError, match=r"^--n 2047: Inception FID needs >= 2048 samples .*use KID"):
+        final_fid("sqlite:///nowhere.db", None, "loss", 1, 2047, None, None, tmp_path)
+
+
 @pytest.mark.parametrize("argv, match", [
-    (["--n", "1"], r"--n must be in 2\.\..* \(a covariance needs two samples\), got 1"),
+    (["--n", "1"], r"--n must be in 2048\.\..* \(Inception FID needs its 2048 feature dimensions; use KID below "
+                   r"that\), got 1"),
+    (["--n", "2047"], r"--n must be in 2048\.\..*use KID below that\), got 2047"),
     (["--top-k", "0"], r"--top-k must be in 1\.\."),
     (["--reference-n", "1"], "--reference-n must be in 2..60000"),
     (["--reference-n", "70000"], "--reference-n must be in 2..60000"),
