@@ -159,6 +159,20 @@ class EvalConfig(_Section):
             raise ValueError(f"unknown metric {unknown[0]!r}; valid: {', '.join(valid_metric_specs())}")
         return v
 
+    @model_validator(mode="after")
+    def _fid_sample_count(self) -> EvalConfig:
+        """Inception FID on fewer samples than its 2048 feature dimensions has a rank-deficient
+        covariance and a large 1/N bias: refused; KID is unbiased at any N."""
+        from ddgan.metrics.fid_infinity import MIN_FID_SAMPLES
+
+        final_n = self.final_n_samples or self.n_samples
+        for key, names, n in (("n_samples", self.metrics, self.n_samples),
+                              ("final_n_samples", self.final_metrics, final_n)):
+            if "fid_inception" in names and n < MIN_FID_SAMPLES:
+                raise ValueError(f"fid_inception on {n} samples (eval.{key}): Inception FID needs >= "
+                                 f"{MIN_FID_SAMPLES} (its feature dimension); use kid_inception below that")
+        return self
+
 
 class CheckpointConfig(_Section):
     every: int | None = Field(default=None, ge=1, le=10_000_000)  # None: at every evaluation

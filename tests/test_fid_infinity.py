@@ -74,3 +74,34 @@ def test_extrapolation_counts_span_half_to_all_of_the_pool():
 def test_counts_beyond_the_pool_are_refused():
     with pytest.raises(ValueError, match="count 300 exceeds the 256 features"):
         fid_at_counts(np.zeros((256, D)), np.zeros(D), np.eye(D), [128, 300])
+
+
+# --- the run config refuses Inception FID below 2048 samples ------------------------------------
+
+
+@pytest.mark.parametrize("overrides, key, n", [
+    (["eval.final_metrics=[fid_inception]", "eval.final_n_samples=2047"], "final_n_samples", 2047),
+    (["eval.final_metrics=[fid_inception]", "eval.n_samples=1000"], "final_n_samples", 1000),  # final N unset
+    (["eval.metrics=[fid_inception]", "eval.n_samples=2000", "eval.final_n_samples=10000"], "n_samples", 2000),
+])
+def test_inception_fid_below_2048_samples_is_a_one_line_config_error(overrides, key, n):
+    from ddgan.config import load_config
+    from ddgan.errors import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        load_config(None, overrides)
+    message = str(err.value)
+    assert message == (f"config: eval: fid_inception on {n} samples (eval.{key}): Inception FID needs >= 2048 "
+                       "(its feature dimension); use kid_inception below that")
+
+
+@pytest.mark.parametrize("overrides", [
+    ["eval.final_metrics=[fid_inception]", "eval.final_n_samples=2048"],  # the boundary itself
+    ["eval.metrics=[fid_inception]", "eval.n_samples=2048"],
+    ["eval.final_metrics=[kid_inception]", "eval.final_n_samples=100"],  # KID: unbiased at any N
+    ["eval.metrics=[fd_fmnist, kid_inception]", "eval.n_samples=256"],
+])
+def test_fid_on_2048_or_more_and_kid_or_fd_at_any_count_are_accepted(overrides):
+    from ddgan.config import load_config
+
+    load_config(None, overrides)
