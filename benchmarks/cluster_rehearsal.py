@@ -51,7 +51,7 @@ def derive_grid(out: Path) -> Path:
     raw["ddpm"].update(T=SUBSAMPLED["ddpm.T"])
     raw["ddpm"]["respaced"]["steps"] = SUBSAMPLED["ddpm.respaced.steps"]
     raw["budget"] = {"steps": STEPS}
-    raw["eval"].update(every=EVERY, n_samples=128, final_n_samples=64, reference_n=1000, grid_size=4)
+    raw["eval"].update(every=EVERY, n_samples=128, final_n_samples=2048, reference_n=1000, grid_size=4)
     raw["metric"] = metric_name(*parse_metric(grid.eval.metrics[0]), 128)
     raw["pruner"] = {**raw["pruner"], "n_warmup_steps": 2 * EVERY}  # as full: two evaluations first
     raw["resources"] = {"cpus": 1, "gpus": 0.5}

@@ -182,13 +182,13 @@ def test_resize_matches_clean_fid_pipeline():
 def test_evaluator_reports_fid_with_the_weights_sha(fmnist_dir, tmp_path):
     path = save_script(FidHelperStandIn(), tmp_path / "default_1.pt")
     cfg = EvalConfig(metrics=(), final_metrics=("fid_inception", "kid_inception"), n_samples=16,
-                        final_n_samples=32, batch_size=16, grid_size=2, reference_n=48)
+                        final_n_samples=2048, batch_size=16, grid_size=2, reference_n=48)
     evaluator = build_evaluator(cfg, fmnist_dir, "cpu", cache_dir=tmp_path / "cache", fid_weights=path)
     sample_fn = lambda n, g: (torch.rand((n, 1, 28, 28), generator=g) * 2 - 1, 1)  # noqa: E731
     metrics, _ = evaluator(sample_fn, 1, tmp_path, final=True)
-    assert {"eval/fid_inception_32", "eval/kid_inception_32"} <= set(metrics)
-    assert metrics["eval/fid_inception_32"] > 0
-    entry = evaluator.protocol()["metrics"]["eval/fid_inception_32"]
+    assert {"eval/fid_inception_2048", "eval/kid_inception_2048"} <= set(metrics)
+    assert metrics["eval/fid_inception_2048"] > 0
+    entry = evaluator.protocol()["metrics"]["eval/fid_inception_2048"]
     assert entry["weights_sha256"] == sha256(path) and entry["mode"] == "clean"
     assert entry["weights_layout"] == "fid-helper" and entry["reference_n"] == 48
     mu, _, meta = reference_stats(evaluator.extractors["inception"], fmnist_dir, "train", 48, tmp_path / "cache")

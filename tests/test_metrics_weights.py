@@ -178,7 +178,7 @@ def _grid(tmp_path: Path) -> Path:
     text = (REPO / "configs" / "grids" / "smoke.yaml").read_text()
     text = text.replace("../ddgan.yaml", str(REPO / "configs" / "ddgan.yaml"))
     text = text.replace("../ddpm.yaml", str(REPO / "configs" / "ddpm.yaml"))
-    text = text.replace("  metrics: [fd_fmnist]\n", "  metrics: [fd_fmnist]\n  final_metrics: [fid_inception]\n")
+    text = text.replace("  metrics: [fd_fmnist]\n", "  metrics: [fd_fmnist]\n  final_metrics: [fid_inception]\n  final_n_samples: 2048\n")
     assert "final_metrics: [fid_inception]" in text
     path = tmp_path / "grid.yaml"
     path.write_text(text)
@@ -206,10 +206,10 @@ def test_relative_weights_reach_a_trial_in_its_own_working_directory(tmp_path, f
     monkeypatch.chdir(trial_dir)
     monkeypatch.delenv(ENV_WEIGHTS, raising=False)
     config = next(iter(prep.plan.configs.values()))
-    config["eval"].update(final_metrics=["fid_inception"], reference_n=16, final_n_samples=16)
+    config["eval"].update(final_metrics=["fid_inception"], reference_n=16, final_n_samples=2048)
     context = TrialContext(study="s", metric="m", mlflow_uri="", run_ids={}, optuna_numbers={}, specs={},
                            configs={}, data_dir=str(fmnist_dir), cache_dir=str(tmp_path / "cache"),
                            fid_weights=prep.fid_weights, fid_weights_sha256=prep.fid_weights_sha256)
     evaluator = make_evaluator(Config.from_dict(config), context, torch.device("cpu"))
     assert evaluator.extractors["inception"].weights.path == weights.resolve()
-    assert evaluator.protocol()["metrics"]["eval/fid_inception_16"]["weights_sha256"] == prep.fid_weights_sha256
+    assert evaluator.protocol()["metrics"]["eval/fid_inception_2048"]["weights_sha256"] == prep.fid_weights_sha256

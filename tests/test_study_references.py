@@ -32,7 +32,7 @@ def _prep(tmp_path: Path, fmnist_dir: Path, weights: Path):
     for name in ("ddgan", "ddpm"):
         text = text.replace(f"../{name}.yaml", str(REPO / "configs" / f"{name}.yaml"))
     replaced = {"  n_samples: 256\n": "  n_samples: 16\n", "  batch_size: 256\n": "  batch_size: 16\n",
-                "  metrics: [fd_fmnist]\n": "  metrics: [fd_test-extractor]\n  final_metrics: [fid_inception]\n",
+                "  metrics: [fd_fmnist]\n": "  metrics: [fd_test-extractor]\n  final_metrics: [fid_inception]\n  final_n_samples: 2048\n",
                 "  reference_n: 10000 ": "  reference_n: 32 ", "metric: eval/fd_fmnist_256": "metric: eval/fd_test-extractor_16"}
     for old, new in replaced.items():
         assert old in text, old
