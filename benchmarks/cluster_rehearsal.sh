@@ -33,7 +33,7 @@
 # (full: 1..10) x lr 1.6e-4 (full: 3 lr), DDPM T {10, 1000} (full: 7 T), the T=1000 model sampled
 # with S=10 (full: 7 S) by both samplers: 12 trials. Tiny preset, 60 steps, an evaluation (and a
 # checkpoint) every 20, fd_fmnist on 128 samples, Inception (stand-in) on 64 at the end.
-# Measured: 824 s on 2 cores shared with other jobs (benchmarks/cluster_rehearsal.log).
+# Measured: 402 s on 2 lightly loaded cores (benchmarks/cluster_rehearsal.log); 824 s at load 10-14.
 set -euo pipefail
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
