@@ -6,7 +6,8 @@ speed claims (the Pareto front of quality vs sampling time, training minutes) us
 instead: every distinct speed configuration of the plan (network, method, T, sampling steps
 and sampler, batch sizes, numerics) timed once by `ddgan.speed.measure_speed` in ONE Ray task
 holding a whole GPU (when trials use GPUs) while no trial runs, so all figures come from the
-same device, one configuration at a time. Each trial's MLflow run gets its group's figures
+same device, one configuration at a time. CPU trials on a one-node local Ray ran on the
+driver's machine: there the driver times them itself, with a trial's thread count. Each trial's MLflow run gets its group's figures
 (metrics at step 0, `speed.*` tags naming the device and protocol); a resumed study measures
 only the groups not yet logged.
 """
@@ -77,6 +78,23 @@ def _measure_all(configs: list[dict[str, Any]], threads: int) -> list[dict[str, 
     return out
 
 
+def _single_node_here() -> bool:
+    """The Ray cluster is one node, this machine (local Ray): CPU trials ran on this CPU."""
+    nodes = [node for node in ray.nodes() if node.get("Alive")]
+    return len(nodes) == 1 and nodes[0].get("NodeManagerAddress") == ray.util.get_node_ip_address()
+
+
+def _measured_here(configs: list[dict[str, Any]], threads: int) -> list[dict[str, Any]]:
+    """`_measure_all` in this process, its torch thread count restored after."""
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        return _measure_all(configs, threads)
+    finally:
+        torch.set_num_threads(before)
+
+
 def log_speed(plan: Plan, client, run_ids: dict[str, str], cpus_per_trial: float, gpus_per_trial: float) -> int:
     """Measure the groups not yet logged and log them to their trials' runs; -> groups measured."""
     from mlflow.entities import Metric, RunTag
@@ -85,9 +103,13 @@ def log_speed(plan: Plan, client, run_ids: dict[str, str], cpus_per_trial: float
             if any("speed/sample_ms_per_image" not in client.get_run(run_ids[k]).data.metrics for k in keys)]
     if not todo:
         return 0
-    task = ray.remote(max_retries=1, num_cpus=float(cpus_per_trial),
-                      num_gpus=1.0 if gpus_per_trial > 0 else 0.0)(_measure_all)
-    results = ray.get(task.remote([config for config, _ in todo], max(1, int(cpus_per_trial))))
+    configs, threads = [config for config, _ in todo], max(1, int(cpus_per_trial))
+    if gpus_per_trial == 0 and _single_node_here():
+        results = _measured_here(configs, threads)  # the trials' CPU is this one: no worker to start
+    else:
+        task = ray.remote(max_retries=1, num_cpus=float(cpus_per_trial),
+                          num_gpus=1.0 if gpus_per_trial > 0 else 0.0)(_measure_all)
+        results = ray.get(task.remote(configs, threads))
     for (_, keys), result in zip(todo, results, strict=True):
         metrics = [Metric(name, float(value), 0, 0) for name, value in result["metrics"].items()]
         tags = [RunTag(name, value) for name, value in result["tags"].items()]
