@@ -20,21 +20,13 @@ from typing import Any
 import ray
 
 from ddgan.config import Config
-from study.grid import Plan, TrialSpec
+from study.grid import Plan
 
 __all__ = ["CPU_SAMPLE_BATCH", "log_speed", "speed_groups", "speed_key"]
 
 # On a CPU a sampling call's cost per image hardly depends on the batch: a small one keeps the
 # slowest chain (DDPM, 1000 steps: seconds per image) affordable. On a GPU the eval batch is timed.
 CPU_SAMPLE_BATCH = 16
-
-
-def speed_config(spec: TrialSpec, config: dict[str, Any]) -> dict[str, Any]:
-    """The config whose sampling is what `spec` is scored on (a sample trial's S and sampler)."""
-    if spec.phase != "sample":
-        return config
-    ev = {**config["eval"], "respaced_steps": spec.sampling_steps, "sampler": spec.sampler}
-    return {**config, "eval": ev}
 
 
 def speed_key(config: dict[str, Any]) -> str:
@@ -55,7 +47,7 @@ def speed_groups(plan: Plan) -> dict[str, tuple[dict[str, Any], list[str]]]:
     """speed key -> (one config of the group, the keys of its trials), in plan order."""
     groups: dict[str, tuple[dict[str, Any], list[str]]] = {}
     for spec in plan.trials:
-        config = speed_config(spec, plan.configs[spec.key])
+        config = plan.configs[spec.key]  # a sample trial's holds its own S and sampler (eval.respaced_steps)
         groups.setdefault(speed_key(config), (config, []))[1].append(spec.key)
     return groups
 
