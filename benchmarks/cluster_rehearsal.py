@@ -30,12 +30,16 @@ STUDY = "rehearsal"
 STEPS, EVERY = 60, 20  # every cell: 60 steps, an evaluation (and a checkpoint) every 20
 TINY = ("model.preset=tiny", "train.batch_size=16", "train.log_every=5", "train.device=cpu",
         "train.ema_decay=0.9", "eval.batch_size=128")
-SUBSAMPLED = {"ddgan.T": [1, 4], "ddgan.lr": [1.6e-4], "ddpm.T": [10, 1000], "ddpm.respaced.steps": [10]}
+SUBSAMPLED = {"ddgan.T": [1, 4], "ddgan.lr": [1.6e-4], "ddpm.T": [10, 1000], "ddpm.lr": [2.0e-4],
+              "ddpm.respaced.steps": [10], "seeds": [0]}
 
 
 def derive_grid(out: Path) -> Path:
     """`full` with every cell shrunk: all 4 losses, T {1, 4} of 1..10, the middle lr, DDPM T {10, 1000},
-    the T=1000 model sampled with S=10 by both samplers; tiny preset, 60 steps, CPU, fake GPUs at 0.5."""
+    the T=1000 model sampled with S=10 by both samplers, one seed; tiny preset, 60 steps, CPU, fake GPUs
+    at 0.5. The learning-rate pilot is left out (one rate: nothing to choose; it is a study of the same
+    kind, run by the same code: tests/test_study_pilot.py), and its pruner acts on these trials instead,
+    so the cluster's pruning path is rehearsed."""
     import yaml
 
     from ddgan.metrics.evaluator import metric_name, parse_metric
@@ -47,13 +51,16 @@ def derive_grid(out: Path) -> Path:
     raw["base"] = {m: str((path.parent / p).resolve()) for m, p in grid.base.items()}
     raw["overrides"] = [*raw["overrides"], *TINY]
     raw.pop("contrasts", None)  # the report's planned comparisons may name cells the subsample drops
+    pilot = raw.pop("pilot", None)
+    raw["seeds"] = SUBSAMPLED["seeds"]
     raw["ddgan"].update(T=SUBSAMPLED["ddgan.T"], lr=SUBSAMPLED["ddgan.lr"])
-    raw["ddpm"].update(T=SUBSAMPLED["ddpm.T"])
+    raw["ddpm"].update(T=SUBSAMPLED["ddpm.T"], lr=SUBSAMPLED["ddpm.lr"])
     raw["ddpm"]["respaced"]["steps"] = SUBSAMPLED["ddpm.respaced.steps"]
     raw["budget"] = {"steps": STEPS}
     raw["eval"].update(every=EVERY, n_samples=128, final_n_samples=2048, reference_n=1000, grid_size=4)
     raw["metric"] = metric_name(*parse_metric(grid.eval.metrics[0]), 128)
-    raw["pruner"] = {**raw["pruner"], "n_warmup_steps": 2 * EVERY}  # as full: two evaluations first
+    pruner = pilot["pruner"] if pilot else raw["pruner"]  # full's pruner acts in its pilot
+    raw["pruner"] = {**pruner, "n_warmup_steps": 2 * EVERY}  # two evaluations first
     raw["resources"] = {"cpus": 1, "gpus": 0.5}
     raw["max_concurrent"] = 2
     out.parent.mkdir(parents=True, exist_ok=True)

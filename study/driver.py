@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from optuna.trial import TrialState
 
-from study import cost, stores, summary, tuning
+from study import cost, pilot, stores, summary, tuning
 from study.grid import TrialSpec
 from study.prepare import Prepared, StudyOptions, newest_checkpoints, prepare
 from study.progress import Progress
@@ -115,10 +115,46 @@ def cache_dir(prep: Prepared) -> str:
 
 
 def run_study(options: StudyOptions) -> str:
-    """Run (or resume) a study; returns the end-of-run summary text. `--dry-run`: the plan only."""
+    """Run (or resume) a study; returns the end-of-run summary text. `--dry-run`: the plan only.
+
+    A grid with a pilot (study.pilot): its pilot study first, unless it has already chosen; then the
+    study at the chosen rates (a new one, or resumed when `--resume` finds it started)."""
     prep = prepare(options)
     if options.dry_run:
         return summary.describe_plan(prep)
+    if prep.pilot is None:
+        return _run(prep)
+    texts = []
+    choice_file = prep.pilot.stores.study_dir / pilot.CHOICE_FILE
+    choice = pilot.read_choice(choice_file)
+    if choice is None:
+        texts.append(_run(prep.pilot, after=lambda hooks: _choose(prep.pilot, hooks, choice_file)))
+        choice = pilot.read_choice(choice_file)
+    resume = options.resume and prep.stores.plan_file.is_file()
+    main = dataclasses.replace(prepare(dataclasses.replace(options, stage="main", lr_choice=choice, resume=resume)),
+                               pilot=prep.pilot)
+    texts.append(_run(main))
+    return "\n\n".join(texts)
+
+
+def _choose(prep: Prepared, hooks, choice_file: Path) -> list[str]:
+    """The pilot's choice of one rate per method, from its trials' final states (study.pilot)."""
+    names = {TrialState.COMPLETE: "completed", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed"}
+    results = []
+    for spec in prep.plan.trials:
+        frozen = hooks.book.frozen(spec.key)
+        results.append(pilot.PilotResult(pilot.group_of(spec.method, spec.loss), spec.cell, spec.lr, spec.seed,
+                                         names.get(frozen.state, "unfinished"), frozen.value))
+    choice = pilot.choose_lr(results, prep.grid.mode)
+    pilot.write_choice(choice_file, choice, prep.stores.study, prep.grid.metric)
+    hooks.tracker.client.log_dict(hooks.parent_run_id, {"groups": choice}, "lr_choice.json")
+    return pilot.describe(choice, prep.grid.metric)
+
+
+def _run(prep: Prepared, after=None) -> str:
+    """Run (or resume) one study; `after(hooks)` runs once its trials have ended and returns extra
+    lines for the summary (the pilot's choice)."""
+    options = prep.options
     start = time.perf_counter()
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Ray's CLIReporter table (cell, step, metric, status)
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
@@ -150,10 +186,12 @@ def run_study(options: StudyOptions) -> str:
                       max_concurrent=prep.grid.max_concurrent, max_failures=prep.grid.max_failures,
                       verbose=options.verbose)
             hooks.reconcile([s.key for s in specs])
-    # speed/*: every configuration timed alone on the trials' device (trials ran packed)
-    log_speed(prep.plan, hooks.tracker.client, hooks.run_ids, prep.grid.resources.cpus, prep.grid.resources.gpus)
+    extra = after(hooks) if after is not None else []
+    if options.stage != "pilot":  # speed/*: every configuration timed alone on the trials' device (trials ran packed)
+        log_speed(prep.plan, hooks.tracker.client, hooks.run_ids, prep.grid.resources.cpus, prep.grid.resources.gpus)
     runs = history.finish(prep.stores.history_file, invocation, time.perf_counter() - start)
     text, counts = summary.summarize(prep, hooks.book, time.perf_counter() - start, runs)
+    text = "\n".join([text, *extra]) if extra else text
     hooks.tracker.finish_parent(hooks.parent_run_id, counts, {
         "wall_minutes": f"{(time.perf_counter() - start) / 60:.1f}", "machine": machine_description()})
     return text
@@ -192,6 +230,14 @@ def _runnable_sample_trials(specs: list[TrialSpec], hooks) -> list[TrialSpec]:
     return runnable
 
 
+def _pilot_params(prep: Prepared) -> dict[str, Any]:
+    """The parent run's record of a pilot: its study and the rate it chose per method group."""
+    if prep.options.stage != "main" or not prep.options.lr_choice:
+        return {"pilot": "pilot" if prep.options.stage == "pilot" else "none"}
+    pilot_study = prep.pilot.stores.study if prep.pilot is not None else f"{prep.stores.study}-pilot"
+    return {"pilot": pilot_study, **{f"lr_chosen.{group}": f"{lr:g}" for group, lr in prep.options.lr_choice.items()}}
+
+
 def _bookkeeping(prep: Prepared):
     """Optuna trials and MLflow runs for every trial (found or created), and the trials' context."""
     plan, where = prep.plan, prep.stores
@@ -204,7 +250,7 @@ def _bookkeeping(prep: Prepared):
     parent = tracker.parent_run(experiment, where.study, {
         "grid": str(plan.path), "fingerprint": plan.fingerprint(), "metric": plan.grid.metric,
         "mode": plan.grid.mode, "pruner": plan.grid.pruner.kind, "git_commit": commit, "command": study_command(prep.options),
-        "trials": len(plan.trials), "cells": len(plan.cells())})
+        "trials": len(plan.trials), "cells": len(plan.cells()), **_pilot_params(prep)})
     run_ids = tracker.trial_runs(experiment, parent, [
         (s.key, trial_tags(s, prep, commit, refs[s.key].number), plan.configs[s.key]) for s in plan.trials])
     hooks = tuning.DriverHooks(book, tracker, parent, run_ids, {s.key: s.metric or plan.grid.metric for s in plan.trials},

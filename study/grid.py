@@ -99,6 +99,22 @@ class DDGANAxes(Strict):
     T: tuple[StepCount, ...] = Field(min_length=1)
     lr: tuple[LearningRate, ...] = Field(min_length=1)
     overrides: tuple[str, ...] = ()  # dotted overrides for every DDGAN trial
+    # Other T for some objectives (e.g. {ns: [1, 2, 4]} with T: [2]): a design that is not a full
+    # losses x T product; the losses not named here take `T`.
+    T_by_loss: dict[str, tuple[StepCount, ...]] = {}
+
+    @model_validator(mode="after")
+    def _named_losses(self) -> DDGANAxes:
+        unknown = sorted(set(self.T_by_loss) - set(self.losses))
+        if unknown:
+            raise ValueError(f"T_by_loss names {unknown}, not among losses {list(self.losses)}")
+        if any(not ts for ts in self.T_by_loss.values()):
+            raise ValueError("T_by_loss: every objective needs at least one T")
+        return self
+
+    def T_of(self, loss: str) -> tuple[int, ...]:
+        """The T an objective trains with."""
+        return self.T_by_loss.get(loss, self.T)
 
 
 class Respaced(Strict):
@@ -119,9 +135,10 @@ class Respaced(Strict):
     # S x the 1-step time per image). The count is in the metric's name (eval/fd_fmnist_500)
     # and the time per image is measured as for every S.
     n_samples: dict[StrictInt, StrictInt] = {}
-    # Sample only the models of these seeds at every S (default: every seed of the grid). The
-    # models of the other seeds still train and are scored at training time (train_eval).
-    seeds: tuple[StrictInt, ...] | None = Field(default=None, min_length=1)
+    # Sample only the models of these seeds at every S (default: every seed of the grid; [] none,
+    # as in a pilot). The models of the other seeds still train and are scored at training time
+    # (train_eval).
+    seeds: tuple[StrictInt, ...] | None = None
 
     @model_validator(mode="after")
     def _steps(self) -> Respaced:
@@ -193,6 +210,19 @@ class Contrasts(Strict):
         return self
 
 
+class Pilot(Strict):
+    """The learning-rate pilot: `ddgan.lr` and `ddpm.lr` are its candidates, and one rate per method
+    (each DDGAN objective, and DDPM) is chosen once from it, on its own seeds, before the reported
+    trials start. It is a study of its own (`<study>-pilot`): its trials never enter the report's
+    analysis, and the pruner acts only there (see `choose_lr`)."""
+
+    seeds: tuple[StrictInt, ...] = Field(min_length=1)  # none of the grid's seeds
+    budget: Budget | None = None  # default: the grid's
+    ddgan_T: tuple[StepCount, ...] | None = Field(default=None, min_length=1)  # default: the grid's T
+    ddpm_T: tuple[StepCount, ...] | None = Field(default=None, min_length=1)  # default: the DDPM models' T
+    pruner: Pruner = Pruner()
+
+
 class Grid(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     description: str = ""
@@ -213,11 +243,20 @@ class Grid(Strict):
     # for one expensive cell); `fault.<key>=value` items set the trial's `Faults` instead.
     trial_overrides: dict[str, tuple[str, ...]] = {}
     contrasts: Contrasts = Contrasts()  # analysis only: not part of the plan's fingerprint
+    pilot: Pilot | None = None  # the learning rate chosen on a pilot study (then one rate per method)
 
     @model_validator(mode="after")
     def _methods(self) -> Grid:
         if self.ddgan is None and self.ddpm is None:
             raise ValueError("a grid needs a ddgan or a ddpm section")
+        if self.pilot is not None:
+            shared = sorted(set(self.pilot.seeds) & set(self.seeds))
+            if shared:
+                raise ValueError(f"pilot.seeds {shared} are also the grid's seeds: the pilot's trials must "
+                                 "not be the reported ones (give the pilot its own seeds)")
+            if self.pruner.kind != "none":
+                raise ValueError("with a pilot the pruner acts only inside it (pilot.pruner): set the grid's "
+                                 "pruner to {kind: none}, so no reported trial is stopped")
         respaced = self.ddpm.respaced if self.ddpm is not None else None
         if respaced is not None and respaced.seeds is not None:
             unknown = sorted(set(respaced.seeds) - set(self.seeds))
@@ -239,7 +278,7 @@ def grid_cells(grid: Grid) -> list[str]:
     """The cells a grid's axes make, named as `expand` names them (without resolving any config)."""
     cells = []
     if grid.ddgan is not None:
-        cells += [f"ddgan-{loss}-T{T}" for loss in grid.ddgan.losses for T in grid.ddgan.T]
+        cells += [f"ddgan-{loss}-T{T}" for loss in grid.ddgan.losses for T in grid.ddgan.T_of(loss)]
     if grid.ddpm is not None:
         respaced = grid.ddpm.respaced
         model_Ts = list(grid.ddpm.T) + ([respaced.T] if respaced and respaced.T not in grid.ddpm.T else [])
@@ -363,8 +402,9 @@ def _with_budget(base: dict[str, Any], overrides: list[str], budget: Budget, whe
 class _Expander:
     """Builds the trial list of one grid; every config is resolved (validated) on the way."""
 
-    def __init__(self, grid: Grid, path: Path):
+    def __init__(self, grid: Grid, path: Path, lr_choice: dict[str, float] | None = None):
         self.grid, self.path = grid, path
+        self.lr_choice = lr_choice or {}
         self.bases = {m: self._base_path(p) for m, p in grid.base.items()}
         self.raw = {m: read_yaml(p) for m, p in self.bases.items()}
         self.trials: list[TrialSpec] = []
@@ -400,12 +440,20 @@ class _Expander:
         """Grid-wide overrides, the eval plan, then the method's own (the more specific wins)."""
         return [*self.grid.overrides, *_eval_overrides(self.grid.eval), *extra]
 
+    def rates(self, group: str, candidates: tuple[float, ...]) -> list[tuple[float, str]]:
+        """(lr, its part of the trial key) for each rate a method trains with: every candidate, or,
+        with a pilot, the one it chose (the first candidate stands in until the pilot has run, e.g.
+        in a dry-run; the key then names no rate, so it does not change when the choice is made)."""
+        if self.grid.pilot is None:
+            return [(lr, f"-lr{lr:g}") for lr in candidates]
+        return [(self.lr_choice.get(group, candidates[0]), "")]
+
     def ddgan(self, axes: DDGANAxes) -> None:
         for loss in axes.losses:
-            for T in axes.T:
-                for lr in axes.lr:
+            for T in axes.T_of(loss):
+                for lr, lr_key in self.rates(f"ddgan-{loss}", axes.lr):
                     for seed in self.grid.seeds:
-                        key = f"ddgan-{loss}-T{T}-lr{lr:g}-s{seed}"
+                        key = f"ddgan-{loss}-T{T}{lr_key}-s{seed}"
                         own = [f"objective.loss={loss}", f"diffusion.T={T}", f"train.lr_g={lr!r}", f"train.seed={seed}"]
                         overrides = self.common(axes.overrides) + own
                         overrides = _with_budget(self.raw["ddgan"], overrides, self.grid.budget, key)
@@ -417,9 +465,9 @@ class _Expander:
         model_Ts = list(axes.T) + ([respaced.T] if respaced and respaced.T not in axes.T else [])
         budget = axes.budget or self.grid.budget
         for T in model_Ts:
-            for lr in axes.lr:
+            for lr, lr_key in self.rates("ddpm", axes.lr):
                 for seed in self.grid.seeds:
-                    key = f"ddpm-T{T}-lr{lr:g}-s{seed}"
+                    key = f"ddpm-T{T}{lr_key}-s{seed}"
                     own = [f"diffusion.T={T}", f"train.lr_g={lr!r}", f"train.seed={seed}"]
                     if respaced and T == respaced.T:
                         own.append(f"diffusion.schedule={respaced.schedule}")
@@ -454,9 +502,45 @@ def metric_at_count(metric: str, n: int, new_n: int) -> str:
     return f"{base}_{count_label(new_n)}" if base and label == count_label(n) else metric
 
 
-def expand(grid: Grid, path: Path) -> Plan:
-    """All trials of `grid` in run order (DDGAN, then DDPM, then the sampling phase)."""
-    expander = _Expander(grid, path)
+def method_groups(grid: Grid) -> list[str]:
+    """The groups that each get one learning rate from a pilot: `ddgan-<loss>` per objective, `ddpm`."""
+    return ([f"ddgan-{loss}" for loss in grid.ddgan.losses] if grid.ddgan else []) + (["ddpm"] if grid.ddpm else [])
+
+
+def pilot_grid(grid: Grid) -> Grid:
+    """The pilot of a grid as a grid of its own: the candidate rates x the pilot's T x its seeds, its
+    budget and pruner, no sampling phase, no final metrics (nothing of it is reported)."""
+    pilot = grid.pilot
+    if pilot is None:
+        raise ValueError(f"grid {grid.name!r} has no pilot")
+    ddgan = ddpm = None
+    if grid.ddgan is not None:
+        ddgan = grid.ddgan if pilot.ddgan_T is None else grid.ddgan.model_copy(update={"T": pilot.ddgan_T,
+                                                                                         "T_by_loss": {}})
+    if grid.ddpm is not None:
+        respaced = grid.ddpm.respaced
+        model_Ts = pilot.ddpm_T or grid.ddpm.T or (respaced.T,)
+        if respaced is not None:  # its model trains, scored as in the study (train_eval); none is sampled
+            respaced = respaced.model_copy(update={"seeds": ()}) if respaced.T in model_Ts else None
+        ddpm = grid.ddpm.model_copy(update={"T": tuple(model_Ts), "respaced": respaced})
+    raw = grid.model_dump(exclude={"pilot", "contrasts", "ddgan", "ddpm", "trial_overrides"})
+    raw.update(name=f"{grid.name}-pilot", description=f"learning-rate pilot of grid {grid.name}",
+               seeds=pilot.seeds, budget=(pilot.budget or grid.budget).model_dump(exclude_none=True),
+               pruner=pilot.pruner.model_dump(), eval={**raw["eval"], "final_metrics": (), "final_n_samples": None},
+               ddgan=ddgan.model_dump() if ddgan else None, ddpm=ddpm.model_dump() if ddpm else None)
+    cells = set(grid_cells(validate(Grid, raw, f"grid {grid.name}: pilot")))
+    raw["trial_overrides"] = {k: v for k, v in grid.trial_overrides.items() if k in cells}
+    return validate(Grid, raw, f"grid {grid.name}: pilot")
+
+
+def expand(grid: Grid, path: Path, lr_choice: dict[str, float] | None = None) -> Plan:
+    """All trials of `grid` in run order (DDGAN, then DDPM, then the sampling phase). With a pilot,
+    `lr_choice` (method group -> rate, from `study.tuning.pilot.choose_lr`) sets each method's rate."""
+    if lr_choice:
+        unknown = sorted(set(lr_choice) - set(method_groups(grid)))
+        if unknown:
+            raise ConfigError(f"grid {path.name}: a learning rate was chosen for {unknown}, not a method of this grid")
+    expander = _Expander(grid, path, lr_choice)
     if grid.ddgan is not None:
         expander.ddgan(grid.ddgan)
     if grid.ddpm is not None:

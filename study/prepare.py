@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,8 @@ from ddgan.metrics.evaluator import metric_specs
 from ddgan.metrics.inception import InceptionWeights, resolve_weights
 from ddgan.paths import check_output_dir
 from ddgan.strict import validate
-from study.grid import Grid, Plan, expand, load_grid
+from study.grid import Grid, Plan, expand, load_grid, pilot_grid
+from study.pilot import CHOICE_FILE, read_choice
 from study.stores import Stores, mask_uri, preflight, resolve_stores
 from study.stores.uris import DEFAULT_STATE_DIR, chosen_cache_dir, node_local, node_local_message
 
@@ -54,6 +55,10 @@ class StudyOptions:
     allow_local: bool = False  # with --address: the user says every node sees the node-local defaults
     verbose: int = 1
     command: str | None = None  # the CLI line that started the study (recorded on the parent run)
+    # A grid with a pilot runs in two stages (study.pilot): "pilot" (the study <study>-pilot), then
+    # "main" at the rates it chose (`lr_choice`: method group -> lr). None: the grid as one study.
+    stage: str | None = None
+    lr_choice: dict[str, float] | None = None
 
 
 @dataclass
@@ -65,6 +70,7 @@ class Prepared:
     fid_weights: str | None  # absolute: trials run in other working directories, maybe on other nodes
     notes: list[str] = field(default_factory=list)
     fid_weights_sha256: str | None = None  # the content every trial's file must have
+    pilot: Prepared | None = None  # a grid with a pilot: its first stage (the pilot study)
 
     @property
     def grid(self) -> Grid:
@@ -103,15 +109,14 @@ def _find_weights(grid: Grid, fid_weights: str | None) -> InceptionWeights | Non
         return None
 
 
-def _final_metrics(grid: Grid, weights: InceptionWeights | None, notes: list[str]) -> Grid:
-    """Drop Inception final metrics when no weights are present (the grid still runs)."""
-    wanted = grid.eval.final_metrics
-    inception = [m for m in wanted if m.endswith("_inception")]
-    if not inception or weights is not None:
-        return grid
-    notes.append(f"no Inception weights found: final metrics {', '.join(inception)} skipped (pass --fid-weights)")
-    kept = tuple(m for m in wanted if m not in inception)
-    return grid.model_copy(update={"eval": grid.eval.model_copy(update={"final_metrics": kept})})
+def _inception_note(grid: Grid, weights: InceptionWeights | None, notes: list[str]) -> None:
+    """No Inception weights on this machine: the study keeps its Inception metrics (the reference
+    task downloads clean-fid's file on its node, and fails before any trial with the way out when
+    it cannot); the note says so."""
+    wanted = [m for m in (*grid.eval.metrics, *grid.eval.final_metrics) if m.endswith("_inception")]
+    if wanted and weights is None:
+        notes.append(f"no Inception weights on this machine for {', '.join(wanted)}: the reference task downloads "
+                     "clean-fid's file on its node (internet needed there), else pass --fid-weights")
 
 
 def expected_metrics(config: dict[str, Any]) -> set[str]:
@@ -141,8 +146,12 @@ def _check_data(data_dir: str | None, plan: Plan) -> Path:
     return path.resolve()
 
 
-def _check_resume(stores: Stores, plan: Plan, resume: bool) -> None:
+def _check_resume(stores: Stores, plan: Plan, resume: bool, after_pilot: bool = False) -> None:
+    """after_pilot: the study of a grid with a pilot, which starts only once its pilot has chosen
+    (so `--resume` may find its pilot interrupted and no plan of its own yet)."""
     exists = stores.plan_file.is_file()
+    if resume and not exists and after_pilot:
+        return
     if resume and not exists:
         raise UsageError(f"--resume: no previous study {stores.study!r} under {str(stores.results_dir)!r}")
     if not resume and exists:
@@ -233,17 +242,26 @@ def _check_shared(stores: Stores, options: StudyOptions, notes: list[str]) -> No
 
 
 def prepare(options: StudyOptions) -> Prepared:
-    """Validate everything the study needs; write nothing, start nothing."""
+    """Validate everything the study needs; write nothing, start nothing. A grid with a pilot:
+    the study (at the rates the pilot chose, once it has) with its pilot study in `.pilot`."""
     grid, path = load_grid(options.grid)
+    if grid.pilot is not None and options.stage is None:
+        pilot = prepare(replace(options, stage="pilot"))
+        choice = read_choice(pilot.stores.study_dir / CHOICE_FILE)
+        return replace(prepare(replace(options, stage="main", lr_choice=choice)), pilot=pilot)
+    if options.stage == "pilot":
+        grid = pilot_grid(grid)
     grid = _apply_flags(grid, options)
     notes: list[str] = []
     weights = _find_weights(grid, options.fid_weights)
-    grid = _final_metrics(grid, weights, notes)
-    plan = expand(grid, path)
+    _inception_note(grid, weights, notes)
+    plan = expand(grid, path, options.lr_choice if options.stage == "main" else None)
     _check_metric(plan)
     study = options.study or grid.name
     if not re.match(STUDY_NAME, study):
         raise UsageError(f"--study {study!r}: use letters, digits, '.', '_' or '-'")
+    if options.stage == "pilot" and options.study:
+        study = f"{options.study}-pilot"
     for flag, value in (("--results-dir", options.results_dir), ("--cache-dir", options.cache_dir),
                         ("--storage-path", options.storage_path)):
         if value and "://" not in str(value):
@@ -255,6 +273,6 @@ def prepare(options: StudyOptions) -> Prepared:
     data_dir = _check_data_or_note(options, plan, notes)
     preflight(stores)
     _check_shared(stores, options, notes)
-    _check_resume(stores, plan, options.resume)
+    _check_resume(stores, plan, options.resume, after_pilot=options.stage == "main")
     fid_weights = str(weights.path) if weights else options.fid_weights and str(Path(options.fid_weights).resolve())
     return Prepared(options, plan, stores, data_dir, fid_weights, notes, weights.sha256 if weights else None)

@@ -15,25 +15,54 @@ from study.stores.uris import DEFAULT_STATE_DIR, REPORTS_DIR
 
 def describe_plan(prep, gpus: int | None = None) -> str:
     """Cells, trials, resources, budget and stores, without touching any of them; the cost for
-    `gpus` GPUs (study.run --gpus)."""
+    `gpus` GPUs (study.run --gpus). A grid with a pilot: the pilot study's plan first."""
+    lines = []
+    if prep.pilot is not None:
+        lines += ["stage 1 of 2: the learning-rate pilot (its trials stay out of the study's analysis; "
+                  "the pruner acts only here)", *_plan_lines(prep.pilot, gpus), "",
+                  "stage 2 of 2: " + _chosen(prep)]
+    lines += _plan_lines(prep, gpus)
+    return "\n".join(lines)
+
+
+def _chosen(prep) -> str:
+    choice = prep.options.lr_choice
+    if choice:
+        return "the study at the rates the pilot chose: " + ", ".join(f"{g} {lr:g}" for g, lr in choice.items())
+    return ("the study at one rate per method (each DDGAN objective, DDPM), the pilot's best by mean final "
+            f"{prep.pilot.grid.metric}; the rates are not known until the pilot has run")
+
+
+def _final_metrics(grid) -> str:
+    final = ", ".join(grid.eval.final_metrics)
+    if not final:
+        return "final: -"
+    return f"final: {final} on {grid.eval.final_n_samples or grid.eval.n_samples} samples at every completed trial's last step"
+
+
+def _plan_lines(prep, gpus: int | None) -> list[str]:
     plan, grid, stores = prep.plan, prep.grid, prep.stores
     lines = [f"study {stores.study!r} from grid {str(plan.path)!r}" + (" (resume)" if prep.options.resume else ""),
              f"metric {grid.metric} ({grid.mode}); pruner {grid.pruner.kind} within each cell",
              f"resources per trial: {grid.resources.cpus:g} CPU, {grid.resources.gpus:g} GPU; "
              f"max concurrent: {grid.max_concurrent or 'as resources allow'}; retries: {grid.max_failures}",
              f"evaluation every {grid.eval.every} steps on {grid.eval.n_samples} samples "
-             f"({', '.join(grid.eval.metrics) or 'no metric'}; final: {', '.join(grid.eval.final_metrics) or '-'})",
-             "", f"{'cell':<28} {'phase':<7} {'trials':>6} {'steps':>7}"]
+             f"({', '.join(grid.eval.metrics) or 'no metric'}; {_final_metrics(grid)})",
+             "", f"{'cell':<28} {'phase':<7} {'trials':>6} {'seeds':>5} {'lr':>14} {'steps':>7}"]
     for cell, specs in plan.cells().items():
         steps = sorted({s.total_steps for s in specs})
-        lines.append(f"{cell:<28} {specs[0].phase:<7} {len(specs):>6} {'/'.join(map(str, steps)):>7}")
+        rates = "/".join(f"{lr:g}" for lr in sorted({s.lr for s in specs}))
+        if prep.options.stage == "main" and not prep.options.lr_choice:
+            rates = "pilot's"
+        lines.append(f"{cell:<28} {specs[0].phase:<7} {len(specs):>6} {len({s.seed for s in specs}):>5} "
+                     f"{rates:>14} {'/'.join(map(str, steps)):>7}")
     total_steps = sum(s.total_steps for s in plan.trials if s.phase == "train")
     lines += ["", f"{len(plan.trials)} trials in {len(plan.cells())} cells; {total_steps} training steps in all",
               f"data: {prep.data_dir}"]
     lines += [f"{name}: {value}" for name, value in stores.describe().items()]
     lines += plan_cost(prep, gpus)
     lines += [f"note: {note}" for note in prep.notes]
-    return "\n".join(lines)
+    return lines
 
 
 def plan_cost(prep, gpus: int | None = None) -> list[str]:

@@ -30,7 +30,8 @@ def test_rehearsal_grid_is_full_shrunk_not_reshaped(tmp_path):
     assert {s.sampler for s in small.trials if s.sampler} == {s.sampler for s in full.trials if s.sampler}
     assert len({s.T for s in small.trials if s.method == "ddgan"}) >= 2
     assert (small.grid.metric, small.grid.mode, small.grid.pruner.kind) == \
-        (full.grid.metric.replace("2k", "128"), full.grid.mode, full.grid.pruner.kind)
+        (full.grid.metric.replace("2k", "128"), full.grid.mode, full.grid.pilot.pruner.kind)  # full prunes in its pilot
+    assert small.grid.pilot is None and len(small.trials) == 12
     assert small.grid.eval.final_metrics == full.grid.eval.final_metrics  # Inception (a stand-in) too
     assert 0 < small.grid.resources.gpus < 1 and small.grid.max_failures == full.grid.max_failures
     for spec in small.trials:

@@ -46,7 +46,8 @@ def test_full_grid_covers_the_seed_study():
     for loss in ("ns", "hellinger", "rkl", "tv"):
         for T in range(1, 11):
             specs = cells[f"ddgan-{loss}-T{T}"]
-            assert len({s.lr for s in specs}) >= 3
+            assert len({s.seed for s in specs}) >= 3 and len({s.lr for s in specs}) == 1  # the pilot's rate
+    assert len(plan.grid.ddgan.lr) >= 3 and plan.grid.pilot is not None  # searched in the pilot
     for T in (10, 20, 50, 100, 200, 500, 1000):
         assert f"ddpm-T{T}" in cells
     sample_cells = [c for c, specs in cells.items() if specs[0].phase == "sample"]
@@ -83,21 +84,26 @@ def test_ddpm_cells_and_respaced_sampling_phase(tmp_path):
 
 
 @pytest.mark.parametrize("name", ["cpu", "full"])
-def test_study_grids_measure_ddpm_at_1000_steps_on_one_schedule_at_equal_budgets(name):
-    """Issue 15: the T=1000 model sampled with all its 1000 ancestral steps; every DDPM model
-    on the VP schedule; every DDGAN and DDPM training cell sees the same number of images."""
+def test_study_grids_meet_ddpm_at_equal_nfe_on_one_schedule_at_equal_budgets(name):
+    """Issues 15 and 25: every seed's DDPM T=1000 model is sampled at S = 1, 2, 4 (the DDGAN cells'
+    NFE); the full grid also with all its 1000 ancestral steps; every DDPM model on the VP schedule;
+    every DDGAN and DDPM training cell sees the same number of images; every cell is scored on the
+    same sample count (the grid's metric)."""
     plan = load_plan(name)
     configs = {k: Config.from_dict(c) for k, c in plan.configs.items()}
-    full = [t for t in plan.phase("sample") if t.sampling_steps == 1000 and t.sampler == "ancestral"]
-    assert len(full) == 1 and configs[full[0].key].diffusion.T == 1000
+    seeds = set(plan.grid.seeds)
+    for S in (1, 2, 4):
+        assert {t.seed for t in plan.phase("sample") if t.sampling_steps == S and t.sampler == "ddim"} == seeds
+    if name == "full":
+        full = [t for t in plan.phase("sample") if t.sampling_steps == 1000 and t.sampler == "ancestral"]
+        assert {t.seed for t in full} == seeds and {configs[t.key].diffusion.T for t in full} == {1000}
     assert {configs[t.key].diffusion.schedule for t in plan.trials if t.method == "ddpm"} == {"vp"}
     images = {t.method: set() for t in plan.phase("train")}
     for t in plan.phase("train"):
         images[t.method].add(t.total_steps * configs[t.key].train.batch_size)
     assert len(images["ddgan"]) == 1 and images["ddgan"] == images["ddpm"]
-    if name == "cpu":  # 1000 steps on fewer images, the count in the metric's name
-        assert full[0].metric == "eval/fd_fmnist_250" and configs[full[0].key].eval.n_samples == 250
-        assert all(t.metric is None for t in plan.trials if t.sampling_steps != 1000)
+    assert all(t.metric is None for t in plan.trials)  # no cell on another sample count
+    assert {configs[t.key].eval.n_samples for t in plan.trials} == {plan.grid.eval.n_samples}
 
 
 def test_respaced_sample_counts_must_name_planned_steps(tmp_path):
@@ -191,15 +197,22 @@ def test_grid_cells_are_the_cells_expand_makes():
 
 
 def test_contrasts_default_from_the_axes_and_explicit_ones_are_kept(tmp_path):
-    cpu = plan_from_grid(load_grid("cpu")[0], "cpu")
-    names = {c.name: c for c in cpu.contrasts}
-    assert (cpu.variance, cpu.alpha, cpu.power) == ("study", 0.05, 0.8)
+    ddpm = {"T": [10], "lr": [2e-4], "respaced": {"T": 1000, "steps": [10, 100, 1000], "samplers": ["ancestral"]}}
+    axes = {"losses": ["ns", "hellinger", "rkl", "tv"], "T": [1, 2, 4], "lr": [1e-4]}
+    defaults = plan_from_grid(load_grid(str(write_grid(tmp_path, ddgan=axes, ddpm=ddpm)))[0], "g")
+    names = {c.name: c for c in defaults.contrasts}
+    assert (defaults.variance, defaults.alpha, defaults.power) == ("study", 0.05, 0.8)
     assert {"hellinger vs ns at T=1", "tv vs ns at T=4", "rkl: T=4 vs T=1, equal images"} <= set(names)
     assert "1/T of the updates" in names["T at equal updates per denoising step"].absent
     assert "DDPM is sampled with NFE [10, 100, 1000]" in names["DDGAN vs DDPM at equal NFE"].absent  # no S <= 4
-    full = {c.name: c for c in plan_from_grid(load_grid("full")[0], "full").contrasts}
-    assert {n for n in full if "(NFE 10)" in n} == {f"ns T=10 vs {c} (NFE 10)" for c in
-                                                     ("ddpm-T10", "ddpm-ancestral-S10", "ddpm-ddim-S10")}
+    axes["T"] = [1, 2, 10]
+    matched = plan_from_grid(load_grid(str(write_grid(tmp_path, ddgan=axes, ddpm=ddpm)))[0], "g")
+    assert {c.name for c in matched.contrasts if "(NFE 10)" in c.name} == {
+        f"ns T=10 vs {c} (NFE 10)" for c in ("ddpm-T10", "ddpm-ancestral-S10")}
+    for name in ("cpu", "full"):  # the committed grids name their own, DDGAN meets DDPM at equal NFE
+        committed = plan_from_grid(load_grid(name)[0], name)
+        kinds = {c.kind for c in committed.contrasts if c.absent is None}
+        assert {"objective_at_T", "T_at_equal_images", "ddgan_vs_ddpm_at_equal_nfe"} <= kinds, name
     planned = [{"name": "T 4 vs 1, both objectives", "kind": "T_at_equal_images",
                 "a": ["ddgan-ns-T4", "ddgan-tv-T4"], "b": ["ddgan-ns-T1", "ddgan-tv-T1"]}]
     path = write_grid(tmp_path, contrasts={"variance": "contrast", "planned": planned})
@@ -214,3 +227,15 @@ def test_contrasts_default_from_the_axes_and_explicit_ones_are_kept(tmp_path):
     assert all(c.absent == "not planned in this grid's `contrasts:`" for c in plan.contrasts[1:])
     # the analysis plan is not the trial plan: a study resumes after its contrasts change
     assert expand(grid, path).fingerprint() == expand(*load_grid(str(write_grid(tmp_path)))).fingerprint()
+
+
+def test_T_by_loss_gives_an_objective_its_own_T(tmp_path):
+    axes = {"losses": ["ns", "tv"], "T": [2], "lr": [1e-4], "T_by_loss": {"ns": [1, 2, 4]}}
+    plan = expand(*load_grid(str(write_grid(tmp_path, ddgan=axes))))
+    assert set(plan.cells()) == {"ddgan-ns-T1", "ddgan-ns-T2", "ddgan-ns-T4", "ddgan-tv-T2"}
+    assert sorted(grid_cells(plan.grid)) == sorted(plan.cells())
+    assert {Config.from_dict(plan.configs[s.key]).diffusion.T for s in plan.cells()["ddgan-ns-T4"]} == {4}
+    for bad, message in (({"tv2": [1]}, "T_by_loss names"), ({"ns": []}, "at least one T"),
+                         ({"ns": [0]}, "T_by_loss")):
+        with pytest.raises(UsageError, match=message):
+            load_grid(str(write_grid(tmp_path, ddgan={**axes, "T_by_loss": bad})))

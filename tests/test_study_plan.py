@@ -30,11 +30,19 @@ def test_dry_run_of_a_committed_grid_plans_and_costs_on_a_fresh_checkout(tmp_pat
                           cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     out = done.stdout
-    assert "cost estimate" in out and "GPU-hours" in out and out.count("per-step figures:") == 2, out
+    stages = 2 if grid == "full" else 1  # full: its learning-rate pilot, then the study
+    assert "cost estimate" in out and "GPU-hours" in out and out.count("per-step figures:") == 2 * stages, out
     assert "configs/costs.yaml" in out and ("ESTIMATE" in out or "measured" in out)
     assert f"{tmp_path}/results/runs/{grid}" in out  # the run's state, not results/<grid>
     if grid == "full" and not torch.cuda.is_available():
         assert "note: 0.25 GPU(s) per trial requested but this machine has no GPU" in out
+    if grid == "full":  # issue 25: what the plan shows
+        study = out[out.index("stage 2 of 2"):]
+        assert "final: fid_inception on 10000 samples at every completed trial's last step" in study
+        assert "pruner none" in study and "pruner median" in out[:out.index("stage 2 of 2")]
+        rows = [line.split() for line in study.splitlines() if line.startswith(("ddgan-", "ddpm-"))]
+        assert rows and all(int(row[3]) >= 3 for row in rows)  # seeds per reported cell
+        assert {"ddpm-ddim-S1", "ddpm-ddim-S2", "ddpm-ddim-S4", "ddpm-ancestral-S1"} <= {row[0] for row in rows}
     assert sorted(tmp_path.rglob("*")) == before
 
 

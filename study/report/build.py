@@ -13,7 +13,7 @@ import pandas as pd
 from ddgan.errors import UsageError
 from study.report import figures as fig
 from study.report.claims import analyse, claims_frame
-from study.report.contrasts import study_plan
+from study.report.contrasts import lr_choice_from_tags, study_plan
 from study.report.data import StudyRuns, load_study, pick_study, protocol_rows, provenance
 from study.report.markdown import render
 from study.report.tables import (
@@ -173,7 +173,8 @@ def build_report(mlflow_uri: str, study: str | None, out: str | Path | None = No
     runs.summary.to_csv(out / "summary.csv", index=False)
     best.to_csv(out / "best_by_cell.csv", index=False)
     tags = runs.parent["tags"]
-    analysis = analyse(runs.summary, best, runs.metric, study_plan(tags.get("grid"), best, tags.get("fingerprint")))
+    analysis = analyse(runs.summary, best, runs.metric, study_plan(tags.get("grid"), best, tags.get("fingerprint"),
+                                                                     lr_choice_from_tags(tags)))
     claims_frame(analysis).to_csv(out / "claims.csv", index=False)
     figures = make_figures(runs, best, speed, out, report.missing)
     generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")

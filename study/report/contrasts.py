@@ -114,7 +114,7 @@ def grid_cell_infos(grid: Grid) -> list[CellInfo]:
     infos = []
     if grid.ddgan is not None:
         infos += [CellInfo(_ddgan_cell(loss, T), "ddgan", loss, T, T) for loss in grid.ddgan.losses
-                  for T in grid.ddgan.T]
+                  for T in grid.ddgan.T_of(loss)]
     if grid.ddpm is not None:
         respaced = grid.ddpm.respaced
         infos += [CellInfo(f"ddpm-T{T}", "ddpm", None, T, None if respaced and T == respaced.T else T)
@@ -153,9 +153,17 @@ def best_cell_infos(best: pd.DataFrame) -> list[CellInfo]:
                      None if pd.isna(r["sampling_steps"]) else int(r["sampling_steps"])) for _, r in rows.iterrows()]
 
 
-def study_plan(grid_path: str | None, best: pd.DataFrame, fingerprint: str | None = None) -> ContrastPlan:
+def lr_choice_from_tags(tags: dict[str, str]) -> dict[str, float] | None:
+    """The rates a pilot chose, as the study's parent run records them (`lr_chosen.<group>` tags)."""
+    found = {k.removeprefix("lr_chosen."): float(v) for k, v in tags.items() if k.startswith("lr_chosen.")}
+    return found or None
+
+
+def study_plan(grid_path: str | None, best: pd.DataFrame, fingerprint: str | None = None,
+               lr_choice: dict[str, float] | None = None) -> ContrastPlan:
     """The grid file the study recorded (parent-run tag `grid`), else the defaults of its cells.
-    A grid file whose trials no longer match the study's `fingerprint` tag is used, and said so."""
+    A grid file whose trials no longer match the study's `fingerprint` tag is used, and said so
+    (a grid with a pilot is expanded at the rates the pilot chose, `lr_choice`)."""
     why = "the study recorded no grid file"
     if grid_path:
         why = f"its grid file `{grid_path}` is not on this machine"
@@ -163,7 +171,7 @@ def study_plan(grid_path: str | None, best: pd.DataFrame, fingerprint: str | Non
             try:
                 grid, path = load_grid(grid_path)
                 plan = plan_from_grid(grid, grid_path)
-                if fingerprint and expand(grid, path).fingerprint() != fingerprint:
+                if fingerprint and expand(grid, path, lr_choice if grid.pilot else None).fingerprint() != fingerprint:
                     plan = replace(plan, source=plan.source + " (the file has changed since the study ran: its "
                                                               "trials no longer match the study's fingerprint)")
                 return plan
