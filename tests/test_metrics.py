@@ -273,3 +273,27 @@ def test_reference_cache_dir_from_environment(fmnist_dir, tmp_path, monkeypatch)
     assert mu.shape == (49,) and sigma.shape == (49, 49) and meta["n"] == 500
     again = reference_stats(TestExtractor(), fmnist_dir, "test", n=500)
     assert again[2]["from_cache"] and np.array_equal(again[1], sigma)
+
+
+def test_final_frechet_on_4096_samples_adds_half_n_and_fid_infinity(fmnist_dir, test_images, tmp_path):
+    """A final Frechet metric on N >= 4,096 samples is also logged at N/2 and as the 1/N fit
+    (Chong & Forsyth) of the same samples at N/2, 3N/4 and N; below 4,096 it is not."""
+    from ddgan.metrics.fid_infinity import fid_at_counts, fit_fid_infinity
+
+    cfg = eval_cfg(metrics=(), final_metrics=("fd_test-extractor",), final_n_samples=4096, reference_split="test",
+                   batch_size=1024)
+    evaluator = build_evaluator(cfg, fmnist_dir, "cpu", cache_dir=tmp_path)
+    noisy = lambda n, g: ((torch.rand((n, 1, 28, 28), generator=g) * 2 - 1), 1)  # noqa: E731
+    final, _ = evaluator(noisy, 9, tmp_path, final=True)
+    assert {"eval/fd_test-extractor_4096", "eval/fd_test-extractor_2048", "eval/fd_test-extractor_inf"} <= set(final)
+    images, _, _ = evaluator._sample(noisy, 9, 4096)  # the same noise: the evaluator reseeds every call
+    features = evaluator.extractors["test-extractor"].features(images)
+    ref = evaluator.references["eval/fd_test-extractor_4096"]
+    fids = fid_at_counts(features, ref["mu"], ref["sigma"], (2048, 3072, 4096))
+    assert final["eval/fd_test-extractor_2048"] == pytest.approx(fids[0], rel=1e-9)
+    assert final["eval/fd_test-extractor_4096"] == pytest.approx(fids[2], rel=1e-9)
+    assert final["eval/fd_test-extractor_inf"] == pytest.approx(fit_fid_infinity((2048, 3072, 4096), fids).fid_inf)
+    assert final["eval/fd_test-extractor_inf"] < final["eval/fd_test-extractor_4096"] < final["eval/fd_test-extractor_2048"]
+    small, _ = build_evaluator(eval_cfg(metrics=(), final_metrics=("fd_test-extractor",), final_n_samples=4000,
+                                        reference_split="test"), fmnist_dir, "cpu", cache_dir=tmp_path)(noisy, 9, tmp_path, final=True)
+    assert not any(k.endswith(("_inf", "_2k")) for k in small)

@@ -21,7 +21,8 @@ device type, are part of the protocol. Each call reports
     "fd_test-extractor", "kid_fmnist", ...           any kind x extractor, except FID
                                                      which is Inception's alone
 
-`<n>` is the sample count ("2k", "10k", "256"). `evaluator.protocol()` holds each
+`<n>` is the sample count ("2k", "10k", "256"). A final Frechet metric on N >= 4,096 samples is
+also logged at N/2 and as FID-infinity (`eval/fid_inception_inf`, the 1/N fit of Chong & Forsyth). `evaluator.protocol()` holds each
 metric's extractor, weights sha256, mode, sample count and reference set.
 """
 
@@ -37,6 +38,7 @@ import torch
 
 from ddgan.errors import ConfigError, TrainingDiverged
 from ddgan.metrics.extractors import EXTRACTOR_NAMES, FeatureExtractor, get_extractor
+from ddgan.metrics.fid_infinity import MIN_FID_SAMPLES, fid_at_counts, fit_fid_infinity
 from ddgan.metrics.frechet import feature_stats, frechet_distance
 from ddgan.metrics.grid import save_grid, to_uint8
 from ddgan.metrics.kid import DEFAULT_SUBSET_SIZE, DEFAULT_SUBSETS, kernel_distance
@@ -120,7 +122,20 @@ class Evaluator:
                 n_max = max(s.n for s in specs if s.extractor == spec.extractor)
                 features[spec.extractor] = self.extractors[spec.extractor].features(images[:n_max])
             metrics[spec.name] = self._score(spec, features[spec.extractor][: spec.n])
+            if spec.final_only and spec.kind in ("fd", "fid") and spec.n >= 2 * MIN_FID_SAMPLES:
+                metrics.update(self._infinity(spec, features[spec.extractor][: spec.n]))
         return metrics, {"samples_grid": grid}
+
+    def _infinity(self, spec: MetricSpec, features: np.ndarray) -> dict[str, float]:
+        """A final Frechet metric on N >= 4,096 samples also at N/2 and extrapolated to N = infinity
+        (Chong & Forsyth; `ddgan.metrics.fid_infinity`, counts N/2, 3N/4, N of the same samples):
+        eval/<kind>_<extractor>_<N/2> and eval/<kind>_<extractor>_inf."""
+        counts = (spec.n // 2, 3 * spec.n // 4, spec.n)
+        reference = self.references[spec.name]
+        fids = fid_at_counts(features, reference["mu"], reference["sigma"], counts)
+        fit = fit_fid_infinity(counts, fids)
+        return {metric_name(spec.kind, spec.extractor, counts[0]): fids[0],
+                f"eval/{spec.kind}_{spec.extractor}_inf": fit.fid_inf}
 
     def _sample(self, sample_fn, step: int, n: int) -> tuple[torch.Tensor, int, float]:
         generator = self.generator()
