@@ -115,6 +115,12 @@ def test_pilot_then_study_end_to_end(ray_session, tmp_path, fmnist_dir, referenc
     assert trial_runs(results, "test_pilot") .keys() == runs.keys()
     assert all(len(v) == 1 for v in trial_runs(results, "test_pilot").values())
     assert "learning rates chosen" not in again
+    # the study's report holds its own trials only, and says where the rates came from
+    from study.report.build import build_report
+    build_report(f"sqlite:///{results}/mlflow.db", "test_pilot", tmp_path / "report", results)
+    text = (tmp_path / "report" / "REPORT.md").read_text()
+    assert "chosen once by the pilot study `test_pilot-pilot`" in text and "ddgan-ns 0.002" in text
+    assert "-s7" not in text  # no pilot trial
     # a dry-run now shows the chosen rates
     plan = prepare(StudyOptions(**{**options.__dict__, "dry_run": True, "resume": True}))
     assert plan.options.lr_choice == {"ddgan-ns": 2e-3, "ddpm": 2e-3} and plan.pilot is not None

@@ -262,8 +262,19 @@ def provenance_section(runs: StudyRuns) -> list[str]:
             f"- Grid: `{info['grid'] or 'not recorded'}` (pruner: {info['pruner'] or 'not recorded'}; "
             f"fingerprint {info['fingerprint'] or '-'})",
             f"- Git commit: `{info['git_commit'] or 'not recorded'}`",
+            *_pilot_line(runs.parent["tags"]),
             f"- MLflow: `{info['mlflow']}`, experiment `{info['experiment']}`; browse with `python -m study.ui`.",
             "- Every trial's own rerun command is the `rerun_command` tag of its MLflow run.", ""]
+
+
+def _pilot_line(tags: dict[str, str]) -> list[str]:
+    """A study whose rates a pilot chose (study/pilot.py): which study, which rates."""
+    chosen = {k.removeprefix("lr_chosen."): v for k, v in tags.items() if k.startswith("lr_chosen.")}
+    if not chosen:
+        return []
+    rates = ", ".join(f"{group} {lr}" for group, lr in sorted(chosen.items()))
+    return [f"- Learning rates: chosen once by the pilot study `{tags.get('pilot', '?')}` on its own seeds "
+            f"(its trials are not in this report): {rates}"]
 
 
 def trials_section(summary: pd.DataFrame, metric: str) -> list[str]:
