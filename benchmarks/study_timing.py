@@ -38,8 +38,10 @@ def derive_grid(source: str, out_path: Path, *, name: str, seeds: int = 1, steps
     axes = grid.ddgan
     if axes is None:
         raise ValueError(f"grid {source!r} has no ddgan section")
-    raw["ddgan"] = {"losses": [axes.losses[0]], "T": [axes.T[0]], "lr": [axes.lr[0]], "overrides": list(axes.overrides)}
-    for key in ("ddpm", "trial_overrides", "contrasts"):  # contrasts may name cells this one-cell grid drops
+    raw["ddgan"] = {"losses": [axes.losses[0]], "T": [axes.T_of(axes.losses[0])[0]], "lr": [axes.lr[0]],
+                    "overrides": list(axes.overrides)}
+    # contrasts may name cells this one-cell grid drops; a pilot would run a whole study first
+    for key in ("ddpm", "trial_overrides", "contrasts", "pilot"):
         raw.pop(key, None)
     if steps is not None:
         raw["budget"] = {"steps": steps}

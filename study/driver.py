@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from optuna.trial import TrialState
 
+from ddgan.errors import UsageError
 from study import cost, pilot, stores, summary, tuning
 from study.grid import TrialSpec
 from study.prepare import Prepared, StudyOptions, newest_checkpoints, prepare
@@ -123,21 +124,28 @@ def run_study(options: StudyOptions) -> str:
     if options.dry_run:
         return summary.describe_plan(prep)
     if prep.pilot is None:
-        return _run(prep)
+        return _run(prep)[0]
     texts = []
     choice_file = prep.pilot.stores.study_dir / pilot.CHOICE_FILE
     choice = pilot.read_choice(choice_file)
     if choice is None:
-        texts.append(_run(prep.pilot, after=lambda hooks: _choose(prep.pilot, hooks, choice_file)))
+        text, hooks, finished = _run(prep.pilot)
+        texts.append(text)
+        if not finished:  # interrupted: no choice from a half-run pilot, and no study yet
+            return "\n\n".join(texts)
+        texts.append("\n".join(_choose(prep.pilot, hooks, choice_file)))
         choice = pilot.read_choice(choice_file)
+    if choice is None:
+        raise UsageError(f"the pilot study {prep.pilot.stores.study!r} made no choice ({str(choice_file)!r} missing)")
     resume = options.resume and prep.stores.plan_file.is_file()
     main = dataclasses.replace(prepare(dataclasses.replace(options, stage="main", lr_choice=choice, resume=resume)),
                                pilot=prep.pilot)
-    texts.append(_run(main))
+    texts.append(_run(main)[0])
     return "\n\n".join(texts)
 
 
 def _choose(prep: Prepared, hooks, choice_file: Path) -> list[str]:
+    # called once every pilot trial has ended (`_run` returned finished)
     """The pilot's choice of one rate per method, from its trials' final states (study.pilot)."""
     names = {TrialState.COMPLETE: "completed", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed"}
     results = []
@@ -151,9 +159,10 @@ def _choose(prep: Prepared, hooks, choice_file: Path) -> list[str]:
     return pilot.describe(choice, prep.grid.metric)
 
 
-def _run(prep: Prepared, after=None) -> str:
-    """Run (or resume) one study; `after(hooks)` runs once its trials have ended and returns extra
-    lines for the summary (the pilot's choice)."""
+def _run(prep: Prepared) -> tuple[str, Any, bool]:
+    """Run (or resume) one study: (summary text, its hooks, whether every trial has ended). A phase
+    that returns with trials unfinished (Ctrl-C: Ray stops its trials and returns) ends the run
+    there: the next phase, which depends on it, is left to `--resume`."""
     options = prep.options
     start = time.perf_counter()
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Ray's CLIReporter table (cell, step, metric, status)
@@ -173,6 +182,7 @@ def _run(prep: Prepared, after=None) -> str:
         hooks.progress = Progress(prep.plan, hooks.book, figures, cost.local_slots(prep.plan))
     register_driver(prep.stores.study, hooks)
     resources = {"cpu": prep.grid.resources.cpus, "gpu": prep.grid.resources.gpus}
+    finished = True
     for phase in ("train", "sample"):
         specs = prep.plan.phase(phase)
         if phase == "sample":
@@ -186,15 +196,20 @@ def _run(prep: Prepared, after=None) -> str:
                       max_concurrent=prep.grid.max_concurrent, max_failures=prep.grid.max_failures,
                       verbose=options.verbose)
             hooks.reconcile([s.key for s in specs])
-    extra = after(hooks) if after is not None else []
-    if options.stage != "pilot":  # speed/*: every configuration timed alone on the trials' device (trials ran packed)
+            if any(not hooks.book.frozen(s.key).state.is_finished() for s in specs):
+                finished = False
+                break
+    if finished and options.stage != "pilot":  # speed/*: every configuration timed alone (trials ran packed)
         log_speed(prep.plan, hooks.tracker.client, hooks.run_ids, prep.grid.resources.cpus, prep.grid.resources.gpus)
     runs = history.finish(prep.stores.history_file, invocation, time.perf_counter() - start)
     text, counts = summary.summarize(prep, hooks.book, time.perf_counter() - start, runs)
-    text = "\n".join([text, *extra]) if extra else text
+    if not finished:
+        text += ("\n\ninterrupted: some trials have not ended; run the same command with --resume to continue "
+                 "(a later phase or stage starts only when this one has ended)")
     hooks.tracker.finish_parent(hooks.parent_run_id, counts, {
-        "wall_minutes": f"{(time.perf_counter() - start) / 60:.1f}", "machine": machine_description()})
-    return text
+        "wall_minutes": f"{(time.perf_counter() - start) / 60:.1f}", "machine": machine_description()},
+        status="FINISHED" if finished else "KILLED")
+    return text, hooks, finished
 
 
 def machine_description() -> str:
@@ -235,7 +250,7 @@ def _pilot_params(prep: Prepared) -> dict[str, Any]:
     if prep.options.stage != "main" or not prep.options.lr_choice:
         return {"pilot": "pilot" if prep.options.stage == "pilot" else "none"}
     pilot_study = prep.pilot.stores.study if prep.pilot is not None else f"{prep.stores.study}-pilot"
-    return {"pilot": pilot_study, **{f"lr_chosen.{group}": f"{lr:g}" for group, lr in prep.options.lr_choice.items()}}
+    return {"pilot": pilot_study, **{f"lr_chosen.{group}": repr(lr) for group, lr in prep.options.lr_choice.items()}}
 
 
 def _bookkeeping(prep: Prepared):

@@ -135,8 +135,8 @@ class Respaced(Strict):
     # S x the 1-step time per image). The count is in the metric's name (eval/fd_fmnist_500)
     # and the time per image is measured as for every S.
     n_samples: dict[StrictInt, StrictInt] = {}
-    # Sample only the models of these seeds at every S (default: every seed of the grid; [] none,
-    # as in a pilot). The models of the other seeds still train and are scored at training time
+    # Sample only the models of these seeds at every S (default: every seed of the grid; [] none:
+    # the model trains and is scored only at training time, as in a learning-rate pilot). The models of the other seeds still train and are scored at training time
     # (train_eval).
     seeds: tuple[StrictInt, ...] | None = None
 
@@ -522,7 +522,7 @@ def pilot_grid(grid: Grid) -> Grid:
         model_Ts = pilot.ddpm_T or grid.ddpm.T or (respaced.T,)
         if respaced is not None:  # its model trains, scored as in the study (train_eval); none is sampled
             respaced = respaced.model_copy(update={"seeds": ()}) if respaced.T in model_Ts else None
-        ddpm = grid.ddpm.model_copy(update={"T": tuple(model_Ts), "respaced": respaced})
+        ddpm = grid.ddpm.model_copy(update={"T": tuple(model_Ts), "respaced": respaced, "budget": None})
     raw = grid.model_dump(exclude={"pilot", "contrasts", "ddgan", "ddpm", "trial_overrides"})
     raw.update(name=f"{grid.name}-pilot", description=f"learning-rate pilot of grid {grid.name}",
                seeds=pilot.seeds, budget=(pilot.budget or grid.budget).model_dump(exclude_none=True),
@@ -537,9 +537,17 @@ def expand(grid: Grid, path: Path, lr_choice: dict[str, float] | None = None) ->
     """All trials of `grid` in run order (DDGAN, then DDPM, then the sampling phase). With a pilot,
     `lr_choice` (method group -> rate, from `study.tuning.pilot.choose_lr`) sets each method's rate."""
     if lr_choice:
-        unknown = sorted(set(lr_choice) - set(method_groups(grid)))
-        if unknown:
-            raise ConfigError(f"grid {path.name}: a learning rate was chosen for {unknown}, not a method of this grid")
+        groups = method_groups(grid)
+        unknown, missing = sorted(set(lr_choice) - set(groups)), [g for g in groups if g not in lr_choice]
+        if unknown or missing or grid.pilot is None:
+            raise ConfigError(f"grid {path.name}: learning rates chosen for {sorted(lr_choice)}, but its pilot "
+                              f"chooses one for each of {groups}" if grid.pilot else
+                              f"grid {path.name} has no pilot: its learning rates are not chosen")
+        candidates = {g: (grid.ddgan.lr if g.startswith("ddgan-") else grid.ddpm.lr) for g in groups}
+        foreign = {g: lr for g, lr in lr_choice.items() if lr not in candidates[g]}
+        if foreign:
+            raise ConfigError(f"grid {path.name}: chosen rates {foreign} are not among the candidates "
+                              f"{ {g: list(c) for g, c in candidates.items() if g in foreign} }")
     expander = _Expander(grid, path, lr_choice)
     if grid.ddgan is not None:
         expander.ddgan(grid.ddgan)

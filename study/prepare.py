@@ -146,10 +146,14 @@ def _check_data(data_dir: str | None, plan: Plan) -> Path:
     return path.resolve()
 
 
-def _check_resume(stores: Stores, plan: Plan, resume: bool, after_pilot: bool = False) -> None:
+def _check_resume(stores: Stores, plan: Plan, resume: bool, after_pilot: bool = False, chosen: bool = True) -> None:
     """after_pilot: the study of a grid with a pilot, which starts only once its pilot has chosen
     (so `--resume` may find its pilot interrupted and no plan of its own yet)."""
     exists = stores.plan_file.is_file()
+    if after_pilot and exists and not chosen:
+        raise UsageError(f"study {stores.study!r} has started, but the choice of its pilot is missing "
+                         f"({CHOICE_FILE} of the pilot study {stores.study}-pilot): restore it, or start a new study "
+                         "with --study NAME")
     if resume and not exists and after_pilot:
         return
     if resume and not exists:
@@ -273,6 +277,6 @@ def prepare(options: StudyOptions) -> Prepared:
     data_dir = _check_data_or_note(options, plan, notes)
     preflight(stores)
     _check_shared(stores, options, notes)
-    _check_resume(stores, plan, options.resume, after_pilot=options.stage == "main")
+    _check_resume(stores, plan, options.resume, after_pilot=options.stage == "main", chosen=bool(options.lr_choice))
     fid_weights = str(weights.path) if weights else options.fid_weights and str(Path(options.fid_weights).resolve())
     return Prepared(options, plan, stores, data_dir, fid_weights, notes, weights.sha256 if weights else None)

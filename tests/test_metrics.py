@@ -294,6 +294,9 @@ def test_final_frechet_on_4096_samples_adds_half_n_and_fid_infinity(fmnist_dir, 
     assert final["eval/fd_test-extractor_4096"] == pytest.approx(fids[2], rel=1e-9)
     assert final["eval/fd_test-extractor_inf"] == pytest.approx(fit_fid_infinity((2048, 3072, 4096), fids).fid_inf)
     assert final["eval/fd_test-extractor_inf"] < final["eval/fd_test-extractor_4096"] < final["eval/fd_test-extractor_2048"]
+    protocol = evaluator.protocol()["metrics"]  # every logged metric has its protocol (MLflow tags)
+    assert protocol["eval/fd_test-extractor_2048"]["n"] == 2048
+    assert protocol["eval/fd_test-extractor_inf"]["fid_infinity_counts"] == "2048/3072/4096"
     small, _ = build_evaluator(eval_cfg(metrics=(), final_metrics=("fd_test-extractor",), final_n_samples=4000,
                                         reference_split="test"), fmnist_dir, "cpu", cache_dir=tmp_path)(noisy, 9, tmp_path, final=True)
     assert not any(k.endswith(("_inf", "_2k")) for k in small)

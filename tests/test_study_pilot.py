@@ -40,6 +40,31 @@ def test_a_rate_pruned_or_failed_in_some_cell_is_not_eligible():
         choose_lr([r(1e-4, "T10", 0, None, "failed", group="ddpm")], "min")
 
 
+def test_a_rate_that_lost_a_seed_to_the_pruner_loses_to_one_that_lost_none():
+    rows = [r(1e-4, "T2", 0, 3.0), r(1e-4, "T2", 1, None, "pruned"),  # its surviving seed is the best value
+            r(2e-4, "T2", 0, 6.0), r(2e-4, "T2", 1, 7.0)]
+    choice = choose_lr(rows, "min")["ddgan-ns"]
+    assert choice["lr"] == 2e-4 and choice["lost"] == {"0.0001": 1, "0.0002": 0}
+    rows.append(r(2e-4, "T4", 0, None, "failed"))  # now 2e-4 misses a cell: 1e-4 is the only one scored there
+    rows.append(r(1e-4, "T4", 0, 4.0))
+    assert choose_lr(rows, "min")["ddgan-ns"]["lr"] == 1e-4
+
+
+def test_an_unfinished_pilot_chooses_nothing():
+    with pytest.raises(UsageError, match="unfinished"):
+        choose_lr([r(1e-4, "T2", 0, 3.0), r(2e-4, "T2", 0, None, "unfinished")], "min")
+
+
+def test_a_choice_must_name_every_method_and_one_of_its_candidates():
+    from ddgan.errors import ConfigError
+    grid, path = load_grid("full")
+    groups = method_groups(grid)
+    with pytest.raises(ConfigError, match="chooses one for each"):
+        expand(grid, path, {"ddgan-ns": 1.6e-4})
+    with pytest.raises(ConfigError, match="not among the candidates"):
+        expand(grid, path, {**{g: 1.6e-4 for g in groups if g != "ddpm"}, "ddpm": 3.0e-4})
+
+
 def test_groups_are_chosen_separately():
     rows = [r(1e-4, "a", 0, 1.0), r(2e-4, "a", 0, 2.0), r(1e-4, "b", 0, 2.0, group="ddpm"),
             r(2e-4, "b", 0, 1.0, group="ddpm")]
@@ -52,12 +77,13 @@ def test_full_grid_pilot_and_study_plans():
     assert {s.seed for s in pilot.trials} == {100, 101} and not pilot.phase("sample")
     assert {s.lr for s in pilot.trials if s.method == "ddgan"} == set(grid.ddgan.lr)
     assert pilot.grid.pruner.kind == "median" and not pilot.grid.eval.final_metrics
-    assert all(pilot.configs[s.key]["eval"]["respaced_steps"] == 1 for s in pilot.trials if s.method == "ddpm")
-    study = expand(grid, path, {g: 3.2e-4 for g in method_groups(grid)})
+    assert all((pilot.configs[s.key]["eval"]["respaced_steps"], pilot.configs[s.key]["eval"]["sampler"]) == (50, "ddim")
+               for s in pilot.trials if s.method == "ddpm")  # DDPM's rate is chosen on 50-step DDIM samples
+    study = expand(grid, path, {g: 3.2e-4 if g != "ddpm" else 4.0e-4 for g in method_groups(grid)})
     assert grid.pruner.kind == "none" and {s.seed for s in study.trials} == {0, 1, 2}
     assert all(len({s.seed for s in specs}) >= 3 for specs in study.cells().values())
-    assert {s.lr for s in study.trials} == {3.2e-4}
-    assert {c["train"]["lr_g"] for c in study.configs.values()} == {3.2e-4}
+    assert {s.lr for s in study.trials if s.method == "ddgan"} == {3.2e-4}
+    assert {c["train"]["lr_g"] for c in study.configs.values()} == {3.2e-4, 4.0e-4}
     assert {f"ddpm-{m}-S{s}" for m in ("ddim", "ancestral") for s in (1, 2, 4, 8)} <= set(study.cells())
     final = {(tuple(c["eval"]["final_metrics"]), c["eval"]["final_n_samples"]) for c in study.configs.values()}
     assert final == {(("fid_inception",), 10_000)}
@@ -124,3 +150,22 @@ def test_pilot_then_study_end_to_end(ray_session, tmp_path, fmnist_dir, referenc
     # a dry-run now shows the chosen rates
     plan = prepare(StudyOptions(**{**options.__dict__, "dry_run": True, "resume": True}))
     assert plan.options.lr_choice == {"ddgan-ns": 2e-3, "ddpm": 2e-3} and plan.pilot is not None
+
+
+@pytest.mark.slow
+def test_an_interrupted_pilot_chooses_nothing_and_starts_no_study(ray_session, tmp_path, fmnist_dir, reference_cache,
+                                                                  monkeypatch):
+    """Ctrl-C: Ray stops the trials and `fit` returns. Here the phase returns with no trial run at all
+    (the extreme case): the pilot must not choose from it, and the study must not start."""
+    import study.tuning
+
+    monkeypatch.setattr(study.tuning, "run_phase", lambda *args, **kwargs: None)
+    text = run_study(study_options(tmp_path, "test_pilot", fmnist_dir, reference_cache))
+    results = tmp_path / "results"
+    assert "interrupted" in text and "--resume" in text
+    assert not (results / "test_pilot-pilot" / CHOICE_FILE).exists()
+    assert not (results / "test_pilot" / "plan.json").exists()  # the study never started
+    client = MlflowClient(f"sqlite:///{results}/mlflow.db")
+    parent = client.search_runs([client.get_experiment_by_name("test_pilot-pilot").experiment_id],
+                                "tags.role = 'study'")[0]
+    assert parent.info.status == "KILLED"

@@ -95,6 +95,16 @@ def metric_specs(eval_cfg, final: bool) -> list[MetricSpec]:
     return [unique[name] for name in dict.fromkeys(spec.name for spec in specs)]
 
 
+def _extrapolated(spec: MetricSpec) -> bool:
+    """A final Frechet metric on enough samples for FID-infinity (N/2 >= 2,048)."""
+    return spec.final_only and spec.kind in ("fd", "fid") and spec.n >= 2 * MIN_FID_SAMPLES
+
+
+def infinity_counts(n: int) -> tuple[int, int, int]:
+    """The sample counts of the FID-infinity fit of a metric on n samples: N/2, 3N/4, N."""
+    return (n // 2, 3 * n // 4, n)
+
+
 class Evaluator:
     """Callable evaluator; build it with `build_evaluator`."""
 
@@ -122,7 +132,7 @@ class Evaluator:
                 n_max = max(s.n for s in specs if s.extractor == spec.extractor)
                 features[spec.extractor] = self.extractors[spec.extractor].features(images[:n_max])
             metrics[spec.name] = self._score(spec, features[spec.extractor][: spec.n])
-            if spec.final_only and spec.kind in ("fd", "fid") and spec.n >= 2 * MIN_FID_SAMPLES:
+            if _extrapolated(spec):
                 metrics.update(self._infinity(spec, features[spec.extractor][: spec.n]))
         return metrics, {"samples_grid": grid}
 
@@ -130,7 +140,7 @@ class Evaluator:
         """A final Frechet metric on N >= 4,096 samples also at N/2 and extrapolated to N = infinity
         (Chong & Forsyth; `ddgan.metrics.fid_infinity`, counts N/2, 3N/4, N of the same samples):
         eval/<kind>_<extractor>_<N/2> and eval/<kind>_<extractor>_inf."""
-        counts = (spec.n // 2, 3 * spec.n // 4, spec.n)
+        counts = infinity_counts(spec.n)
         reference = self.references[spec.name]
         fids = fid_at_counts(features, reference["mu"], reference["sigma"], counts)
         fit = fit_fid_infinity(counts, fids)
@@ -170,6 +180,13 @@ class Evaluator:
             if spec.kind == "kid":
                 entry.update(kid_subsets=DEFAULT_SUBSETS, kid_subset_size=min(DEFAULT_SUBSET_SIZE, spec.n, meta["n"]))
             metrics[spec.name] = entry
+            if _extrapolated(spec):  # the same samples at N/2, and the 1/N fit over N/2, 3N/4, N
+                counts = infinity_counts(spec.n)
+                metrics[metric_name(spec.kind, spec.extractor, counts[0])] = {**entry, "n": counts[0],
+                                                                              "subset_of": spec.name}
+                metrics[f"eval/{spec.kind}_{spec.extractor}_inf"] = {
+                    **entry, "n": spec.n, "fid_infinity_counts": "/".join(map(str, counts)),
+                    "fid_infinity": "least squares FID_N = FID_inf + k/N (Chong & Forsyth 2020)"}
         return {"eval_seed": int(self.cfg.seed), "reference_split": self.cfg.reference_split,
                 "sample_device": self.device.type, "sample_precision": self.sample_precision,
                 "compile_sampler": self.compile_sampler, "metrics": metrics}

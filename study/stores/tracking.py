@@ -100,10 +100,12 @@ class Tracker:
     def tags(self, run_id: str) -> dict[str, str]:
         return dict(self.client.get_run(run_id).data.tags)
 
-    def finish_parent(self, run_id: str, counts: dict[str, int], extra: dict[str, Any] | None = None) -> None:
+    def finish_parent(self, run_id: str, counts: dict[str, int], extra: dict[str, Any] | None = None,
+                      status: str = "FINISHED") -> None:
+        """status: FINISHED, or KILLED for an interrupted run (`--resume` sets it RUNNING again)."""
         tags = {**{f"trials_{k}": v for k, v in counts.items()}, **(extra or {})}
         self.client.log_batch(run_id, tags=_tags(tags))
-        self.client.set_terminated(run_id, status="FINISHED")
+        self.client.set_terminated(run_id, status=status)
 
 
 class TrialRun:
