@@ -4,13 +4,13 @@ listed in LONG with the reason it is not (the README says the same in its "Tests
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
+from study_fixtures import readme_smoke  # noqa: F401 (session fixture)
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
@@ -53,16 +53,16 @@ def test_every_command_is_runnable_or_explained():
 
 
 @pytest.mark.slow
-def test_readme_commands_run_as_written(tmp_path, fmnist_dir):
-    """The smoke study, what follows it, and the library examples, in the README's order."""
-    work = tmp_path / "clone"
-    work.mkdir()
-    (work / "configs").symlink_to(REPO / "configs")
-    (tmp_path / "shared" / "data").mkdir(parents=True)
-    (tmp_path / "shared" / "data" / "fashion-mnist").symlink_to(fmnist_dir)
-    env = {**os.environ, "DDGAN_CACHE_DIR": str(tmp_path / "cache")}
-    env.pop("DDGAN_DATA_DIR", None)  # the commands name their data themselves
-    for command in (c for c in readme_commands(README.read_text()) if long_reason(c) is None):
+def test_readme_commands_run_as_written(readme_smoke):  # noqa: F811
+    """The smoke study (run once per session by the `readme_smoke` fixture, whose stores
+    tests/test_study_e2e.py checks), what follows it, and the library examples, in the README's order."""
+    work, env = readme_smoke.work, readme_smoke.env
+    print(f"{readme_smoke.seconds:6.1f} s  {readme_smoke.command}", flush=True)
+    assert readme_smoke.returncode == 0, f"{readme_smoke.command}\n{readme_smoke.output[-3000:]}"
+    assert "Traceback" not in readme_smoke.output and "Exception ignored" not in readme_smoke.output
+    commands = [c for c in readme_commands(README.read_text()) if long_reason(c) is None]
+    assert commands[0] == readme_smoke.command
+    for command in commands[1:]:
         start = time.monotonic()
         done = subprocess.run(["bash", "-c", command], cwd=work, env=env, capture_output=True, text=True,
                               timeout=1200)

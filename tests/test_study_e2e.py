@@ -20,6 +20,7 @@ import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
+from study_fixtures import readme_smoke  # noqa: F401 (session fixture)
 from test_faults import mlflow_runs
 
 from study.driver import StudyOptions, run_study
@@ -53,9 +54,12 @@ def steps_of(client: MlflowClient, run_id: str, key: str) -> list[int]:
     return [m.step for m in client.get_metric_history(run_id, key)]
 
 
-def test_smoke_grid_end_to_end(ray_session, tmp_path, fmnist_dir, reference_cache):
-    summary = run_study(study_options(tmp_path, "smoke", fmnist_dir, reference_cache))
-    results, plan = tmp_path / "results", load_plan("smoke")
+def test_smoke_grid_end_to_end(readme_smoke):  # noqa: F811
+    """The README's main command (`readme_smoke`: run once per session, as a fresh clone would):
+    every trial's MLflow run and Optuna trial agree with the plan."""
+    assert readme_smoke.returncode == 0, readme_smoke.output[-3000:]
+    summary = readme_smoke.output
+    results, plan = readme_smoke.results, load_plan("smoke")
     client = MlflowClient(f"sqlite:///{results}/mlflow.db")
     runs, trials = trial_runs(results, "smoke"), optuna_trials(results, "smoke")
     assert set(runs) == set(trials) == {t.key for t in plan.trials}

@@ -224,7 +224,11 @@ def test_contrasts_default_from_the_axes_and_explicit_ones_are_kept(tmp_path):
     assert plan.variance == "contrast" and "contrasts.planned" in plan.source
     assert {c.kind for c in plan.contrasts[1:]} == {"objective_at_T", "T_at_equal_updates",
                                                     "ddgan_vs_ddpm_at_equal_nfe"}
-    assert all(c.absent == "not planned in this grid's `contrasts:`" for c in plan.contrasts[1:])
+    absent = {c.kind: c.absent for c in plan.contrasts[1:]}
+    assert absent["objective_at_T"] == "not planned in this grid's `contrasts:`"
+    # what the design itself cannot answer says why, not merely "not planned"
+    assert "every DDGAN cell trains on the same number of images" in absent["T_at_equal_updates"]
+    assert "the grid has no DDPM cell" in absent["ddgan_vs_ddpm_at_equal_nfe"]
     # the analysis plan is not the trial plan: a study resumes after its contrasts change
     assert expand(grid, path).fingerprint() == expand(*load_grid(str(write_grid(tmp_path)))).fingerprint()
 

@@ -33,7 +33,8 @@ KIND_TITLES = {
     "objective_at_T": "objective at fixed T",
     "T_at_equal_images": "T within an objective, at equal training images",
     "T_at_equal_updates": "T within an objective, at equal updates per denoising step",
-    "ddgan_vs_ddpm_at_equal_nfe": "DDGAN vs DDPM at equal NFE (equal sampling time: the same network)",
+    "ddgan_vs_ddpm_at_equal_nfe": "DDGAN vs DDPM at equal NFE (network evaluations per sample; the measured "
+                                  "sampling time of each side is printed beside the claim)",
     "other": "other planned contrasts",
 }
 
@@ -127,9 +128,13 @@ def grid_cell_infos(grid: Grid) -> list[CellInfo]:
     return infos
 
 
-def _not_planned(planned: list[Planned]) -> list[Planned]:
+def _not_planned(planned: list[Planned], design: list[Planned] | None = None) -> list[Planned]:
+    """The questions a grid's own list leaves out; where the design itself cannot answer one (e.g. T
+    at equal updates when every cell trains on the same images), that reason (from `design`, the
+    defaults of its axes), else "not planned"."""
     kinds = {p.kind for p in planned}
-    return [Planned(KIND_TITLES[k], k, absent="not planned in this grid's `contrasts:`")
+    why = {p.kind: p.absent for p in design or () if p.absent}
+    return [Planned(KIND_TITLES[k], k, absent=why.get(k, "not planned in this grid's `contrasts:`"))
             for k in ("objective_at_T", "T_at_equal_images", "T_at_equal_updates", "ddgan_vs_ddpm_at_equal_nfe")
             if k not in kinds]
 
@@ -141,7 +146,7 @@ def plan_from_grid(grid: Grid, where: str) -> ContrastPlan:
         source = f"the defaults derived from the axes of grid `{where}`"
     else:
         contrasts = [Planned(c.name, c.kind, c.a, c.b) for c in settings.planned]
-        contrasts += _not_planned(contrasts)
+        contrasts += _not_planned(contrasts, default_contrasts(grid_cell_infos(grid)))
         source = f"`contrasts.planned` of grid `{where}`"
     return ContrastPlan(tuple(contrasts), source, settings.variance, settings.alpha, settings.power)
 
