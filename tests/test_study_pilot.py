@@ -169,3 +169,17 @@ def test_an_interrupted_pilot_chooses_nothing_and_starts_no_study(ray_session, t
     parent = client.search_runs([client.get_experiment_by_name("test_pilot-pilot").experiment_id],
                                 "tags.role = 'study'")[0]
     assert parent.info.status == "KILLED"
+
+
+def test_a_started_study_whose_pilot_choice_is_missing_is_refused(tmp_path, fmnist_dir):
+    """plan.json of the study exists, the pilot's lr_choice.json does not: one clear refusal, not a
+    'grid changed' or a silent run at the first candidate rate."""
+    (tmp_path / "test_pilot").mkdir()
+    (tmp_path / "test_pilot" / "plan.json").write_text("{}")
+    options = StudyOptions(grid="test_pilot", results_dir=str(tmp_path), data_dir=str(fmnist_dir), resume=True)
+    grid, path = load_grid("test_pilot")
+    (tmp_path / "test_pilot-pilot").mkdir()  # the pilot as it was: its own plan, no choice file
+    fingerprint = expand(pilot_grid(grid), path).fingerprint()
+    (tmp_path / "test_pilot-pilot" / "plan.json").write_text(json.dumps({"fingerprint": fingerprint}))
+    with pytest.raises(UsageError, match="choice of its pilot is missing"):
+        prepare(options)
