@@ -145,8 +145,8 @@ def run_study(options: StudyOptions) -> str:
 
 
 def _choose(prep: Prepared, hooks, choice_file: Path) -> list[str]:
-    # called once every pilot trial has ended (`_run` returned finished)
-    """The pilot's choice of one rate per method, from its trials' final states (study.pilot)."""
+    """The pilot's choice of one rate per method, from its trials' final states (study.pilot); called
+    once every pilot trial has ended (`_run` returned finished)."""
     names = {TrialState.COMPLETE: "completed", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed"}
     results = []
     for spec in prep.plan.trials:

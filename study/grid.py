@@ -135,9 +135,9 @@ class Respaced(Strict):
     # S x the 1-step time per image). The count is in the metric's name (eval/fd_fmnist_500)
     # and the time per image is measured as for every S.
     n_samples: dict[StrictInt, StrictInt] = {}
-    # Sample only the models of these seeds at every S (default: every seed of the grid; [] none:
-    # the model trains and is scored only at training time, as in a learning-rate pilot). The models of the other seeds still train and are scored at training time
-    # (train_eval).
+    # Sample only the models of these seeds at every S (default: every seed of the grid; [] none).
+    # The models of the other seeds still train and are scored at training time (train_eval), as
+    # in a learning-rate pilot.
     seeds: tuple[StrictInt, ...] | None = None
 
     @model_validator(mode="after")
@@ -535,7 +535,7 @@ def pilot_grid(grid: Grid) -> Grid:
 
 def expand(grid: Grid, path: Path, lr_choice: dict[str, float] | None = None) -> Plan:
     """All trials of `grid` in run order (DDGAN, then DDPM, then the sampling phase). With a pilot,
-    `lr_choice` (method group -> rate, from `study.tuning.pilot.choose_lr`) sets each method's rate."""
+    `lr_choice` (method group -> rate, from `study.pilot.choose_lr`) sets each method's rate."""
     if lr_choice:
         groups = method_groups(grid)
         unknown, missing = sorted(set(lr_choice) - set(groups)), [g for g in groups if g not in lr_choice]
