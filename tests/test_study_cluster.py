@@ -138,3 +138,12 @@ def test_code_fingerprint_follows_the_files(tmp_path):
     schedule = tmp_path / "ddgan" / "schedule.py"
     schedule.write_text(schedule.read_text() + "\n# edited on one node\n")
     assert code_fingerprint(copies) != original
+
+
+def test_each_study_has_its_own_ray_folder_under_a_storage_path(tmp_path):
+    """A grid's pilot and its study (or two --study names) on one --storage-path never share
+    `<storage>/train`: Ray would keep two experiments' state in one folder."""
+    a = resolve_stores("full-pilot", tmp_path, storage_path=str(tmp_path / "ray"))
+    b = resolve_stores("full", tmp_path, storage_path=str(tmp_path / "ray"))
+    assert a.ray_storage == str(tmp_path / "ray" / "full-pilot") and b.ray_storage == str(tmp_path / "ray" / "full")
+    assert resolve_stores("s", tmp_path, storage_path="s3://bucket/ray/").ray_storage == "s3://bucket/ray/s"

@@ -172,7 +172,9 @@ def resolve_stores(study: str, results_dir: str | Path = DEFAULT_STATE_DIR, *, m
     mlflow = normalize_mlflow_uri(mlflow_uri) if mlflow_uri else f"sqlite:///{results / 'mlflow.db'}"
     artifact_root = (results / "mlartifacts").as_uri() if scheme_of(mlflow) not in ("http", "https") else None
     optuna_url = normalize_optuna_url(optuna_storage) if optuna_storage else f"sqlite:///{study_dir / 'optuna.db'}"
-    ray_storage = normalize_storage_path(storage_path) if storage_path else str(study_dir / "ray")
+    # one folder per study under --storage-path: two studies (a grid's pilot and its study, or two
+    # --study names) never share a Ray experiment folder ("<storage>/train" would hold both)
+    ray_storage = f"{normalize_storage_path(storage_path).rstrip('/')}/{study}" if storage_path else str(study_dir / "ray")
     if address is not None and not (address == "auto" or re.match(r"^(ray://)?[\w.-]+:\d+$", address)):
         raise UsageError(f"malformed --address {address!r}: use auto, host:port or ray://host:port")
     return Stores(study, results, mlflow, artifact_root, optuna_url, ray_storage, address)
