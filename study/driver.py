@@ -115,24 +115,37 @@ def cache_dir(prep: Prepared) -> str:
 # -- the run -------------------------------------------------------------------------------------
 
 
+class StudyInterrupted(Exception):
+    """The run returned with trials unfinished (Ctrl-C: Ray stops its trials and returns); `text`
+    is the summary so far. `study.run` prints it and exits 130; `--resume` continues."""
+
+    def __init__(self, text: str):
+        super().__init__("interrupted: run the same command with --resume to continue")
+        self.text = text
+
+
 def run_study(options: StudyOptions) -> str:
     """Run (or resume) a study; returns the end-of-run summary text. `--dry-run`: the plan only.
 
     A grid with a pilot (study.pilot): its pilot study first, unless it has already chosen; then the
-    study at the chosen rates (a new one, or resumed when `--resume` finds it started)."""
+    study at the chosen rates (a new one, or resumed when `--resume` finds it started). Raises
+    StudyInterrupted when a stage returns with trials unfinished."""
     prep = prepare(options)
     if options.dry_run:
         return summary.describe_plan(prep)
     if prep.pilot is None:
-        return _run(prep)[0]
+        text, _, finished = _run(prep)
+        if not finished:
+            raise StudyInterrupted(text)
+        return text
     texts = []
     choice_file = prep.pilot.stores.study_dir / pilot.CHOICE_FILE
     choice = pilot.read_choice(choice_file)
     if choice is None:
         text, hooks, finished = _run(prep.pilot)
         texts.append(text)
-        if not finished:  # interrupted: no choice from a half-run pilot, and no study yet
-            return "\n\n".join(texts)
+        if not finished:  # no choice from a half-run pilot, and no study yet
+            raise StudyInterrupted("\n\n".join(texts))
         texts.append("\n".join(_choose(prep.pilot, hooks, choice_file)))
         choice = pilot.read_choice(choice_file)
     if choice is None:
@@ -140,7 +153,10 @@ def run_study(options: StudyOptions) -> str:
     resume = options.resume and prep.stores.plan_file.is_file()
     main = dataclasses.replace(prepare(dataclasses.replace(options, stage="main", lr_choice=choice, resume=resume)),
                                pilot=prep.pilot)
-    texts.append(_run(main)[0])
+    text, _, finished = _run(main)
+    texts.append(text)
+    if not finished:
+        raise StudyInterrupted("\n\n".join(texts))
     return "\n\n".join(texts)
 
 

@@ -70,9 +70,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(describe_plan(prepare(options), gpus=args.gpus))
         return 0
     # the Ray Tune / MLflow machinery loads only when a study runs
-    from study.driver import run_study
+    from study.driver import StudyInterrupted, run_study
 
-    print(run_study(options))
+    try:
+        print(run_study(options))
+    except StudyInterrupted as stopped:  # Ctrl-C: Ray stopped the trials; the summary so far, then 130
+        print(stopped.text)
+        return 130
     return 0
 
 

@@ -158,9 +158,12 @@ def test_an_interrupted_pilot_chooses_nothing_and_starts_no_study(ray_session, t
     """Ctrl-C: Ray stops the trials and `fit` returns. Here the phase returns with no trial run at all
     (the extreme case): the pilot must not choose from it, and the study must not start."""
     import study.tuning
+    from study.driver import StudyInterrupted
 
     monkeypatch.setattr(study.tuning, "run_phase", lambda *args, **kwargs: None)
-    text = run_study(study_options(tmp_path, "test_pilot", fmnist_dir, reference_cache))
+    with pytest.raises(StudyInterrupted) as stopped:
+        run_study(study_options(tmp_path, "test_pilot", fmnist_dir, reference_cache))
+    text = stopped.value.text
     results = tmp_path / "results"
     assert "interrupted" in text and "--resume" in text
     assert not (results / "test_pilot-pilot" / CHOICE_FILE).exists()
@@ -169,6 +172,13 @@ def test_an_interrupted_pilot_chooses_nothing_and_starts_no_study(ray_session, t
     parent = client.search_runs([client.get_experiment_by_name("test_pilot-pilot").experiment_id],
                                 "tags.role = 'study'")[0]
     assert parent.info.status == "KILLED"
+    # the command line: the summary so far, then exit code 130 (a script's `study.run && study.report` stops)
+    from study.run import main
+
+    argv = ["--grid", "test_pilot", "--resume", "--quiet", "--state-dir", str(results), "--data-dir", str(fmnist_dir),
+            "--cache-dir", str(reference_cache)]
+    assert main(argv) == 130
+    assert not (results / "test_pilot-pilot" / CHOICE_FILE).exists()
 
 
 def test_a_started_study_whose_pilot_choice_is_missing_is_refused(tmp_path, fmnist_dir):
