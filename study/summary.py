@@ -29,7 +29,8 @@ def _chosen(prep) -> str:
     choice = prep.options.lr_choice
     if choice:
         return "the study at the rates the pilot chose: " + ", ".join(f"{g} {lr:g}" for g, lr in choice.items())
-    return ("the study at one rate per method (each DDGAN objective, DDPM), the pilot's best by mean final "
+    return ("the study at one rate per method (each DDGAN objective, DDPM): among the pilot's rates that lost the "
+            "fewest trials to the pruner, the best mean final "
             f"{prep.pilot.grid.metric}; the rates are not known until the pilot has run")
 
 
