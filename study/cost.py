@@ -381,35 +381,70 @@ def _model_line(figures: Figures, k: int) -> str | None:
             f"{packing}")
 
 
+@dataclass(frozen=True)
+class Priced:
+    """A plan priced where it runs: `here` on this machine (None when the trials run on a Ray
+    cluster), `gpu` on `gpus` of the target GPUs, and the GPU time that holds."""
+    here: Estimate | None
+    gpu: Estimate
+    gpus: int
+    gpu_s: tuple[float, float]  # GPU-seconds: (most pruning, no pruning)
+
+
+def price(plan: Plan, local: Figures, gpu: Figures, gpus: int | None = None, address: str | None = None) -> Priced:
+    here = None
+    if address is None:
+        on_gpu = local == gpu  # a run on this machine's GPU(s)
+        here = estimate(plan, local, local_slots(plan), trials_per_gpu(plan.grid.resources.gpus) if on_gpu else 1)
+    n = gpus or 1
+    ref = estimate(plan, gpu, gpu_slots(plan, n), per_device=trials_per_gpu(plan.grid.resources.gpus))
+    per_trial = plan.grid.resources.gpus or 1.0  # each trial holds `per_trial` GPUs
+    return Priced(here, ref, n, (ref.trial_s[0] * per_trial, ref.trial_s[1] * per_trial))
+
+
 def describe(plan: Plan, local: Figures, gpu: Figures, gpus: int | None = None, address: str | None = None,
              gpu_source: str | None = None) -> list[str]:
     """The plan's cost lines: the CPU's wall-clock where the trials run here, and the wall-clock and
     GPU-hours of the GPUs the plan targets (`gpus` of them; `gpu_source` says where that count came
     from), each with the machine its figures come from."""
+    priced = price(plan, local, gpu, gpus, address)
     lines = ["", "cost estimate (from no pruning down to all but one trial per cell stopped at its first chance):"]
-    if address is None:
-        slots, on_gpu = local_slots(plan), local == gpu  # on_gpu: a run on this machine's GPU(s), the driver's line
-        here = estimate(plan, local, slots, trials_per_gpu(plan.grid.resources.gpus) if on_gpu else 1)
+    if priced.here is not None:
+        here, on_gpu = priced.here, local == gpu
         if on_gpu:
             where = "here on the GPU"
         else:
             where = "here on the CPU" + (" (with --gpus-per-trial 0)" if plan.grid.resources.gpus > 0 else "")
-        lines.append(f"  {where}: {_range(here)}, {slots} trial(s) at a time (pruning saves up to "
+        lines.append(f"  {where}: {_range(here)}, {here.slots} trial(s) at a time (pruning saves up to "
                      f"{here.saving:.0%} of {duration(here.trial_s[1])} of trial time)")
         hint = " (--calibrate times this machine instead)" if local.name.startswith("reference") else ""
         lines.append(f"    per-step figures: {local.name}; {local.source}{hint}")
     else:
         lines.append(f"  this machine's CPU: not priced (the trials run on the Ray cluster at {address})")
-    n = gpus or 1
-    k = trials_per_gpu(plan.grid.resources.gpus)
-    ref = estimate(plan, gpu, gpu_slots(plan, n), per_device=k)
-    per_trial = plan.grid.resources.gpus or 1.0
-    gpu_s = (ref.trial_s[1] * per_trial, ref.trial_s[0] * per_trial)  # each trial holds `per_trial` GPUs
+    ref, k = priced.gpu, priced.gpu.per_device
     count = gpu_source or ("--gpus" if gpus else "1 assumed: pass --gpus N for the cluster's count")
-    lines.append(f"  {gpu.name} x {n} ({count}): {_range(ref)}, {ref.slots} trial(s) at a time, {k} per GPU; "
-                 f"{_hours(gpu_s[0])} .. {_hours(gpu_s[1])} GPU-hours")
+    lines.append(f"  {gpu.name} x {priced.gpus} ({count}): {_range(ref)}, {ref.slots} trial(s) at a time, {k} per GPU; "
+                 f"{_hours(priced.gpu_s[1])} .. {_hours(priced.gpu_s[0])} GPU-hours")
     lines.append(f"    per-step figures: {gpu.source}")
     model = _model_line(gpu, k)
     if model:
         lines.append(model)
     return lines
+
+
+def describe_total(stages: list[Priced], trials: int) -> list[str]:
+    """One line for stages that run one after the other (a pilot, then the study): wall-clock and
+    GPU time add up; no pruning first, as in describe."""
+
+    def total(pairs: list[tuple[float, float]]) -> tuple[float, float]:
+        return sum(p[0] for p in pairs), sum(p[1] for p in pairs)
+
+    parts = []
+    if all(s.here is not None for s in stages):
+        low, high = total([s.here.wall_s for s in stages])
+        parts.append(f"here {duration(high)} .. {duration(low)} wall")
+    low, high = total([s.gpu.wall_s for s in stages])
+    gpu_low, gpu_high = total([s.gpu_s for s in stages])
+    parts.append(f"{stages[-1].gpu.figures.name.split(' (')[0]} x {stages[-1].gpus}: {duration(high)} .. "
+                 f"{duration(low)} wall, {_hours(gpu_high)} .. {_hours(gpu_low)} GPU-hours")
+    return [f"both stages, one after the other: {trials} trials; " + "; ".join(parts)]

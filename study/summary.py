@@ -16,12 +16,19 @@ from study.stores.uris import DEFAULT_STATE_DIR, REPORTS_DIR
 def describe_plan(prep, gpus: int | None = None) -> str:
     """Cells, trials, resources, budget and stores, without touching any of them; the cost for
     `gpus` GPUs (study.run --gpus). A grid with a pilot: the pilot study's plan first."""
-    lines = []
+    lines, stages = [], [prep]
     if prep.pilot is not None:
+        stages = [prep.pilot, prep]
+        pilot_lines, pilot_price = _plan_lines(prep.pilot, gpus)
         lines += ["stage 1 of 2: the learning-rate pilot (its trials stay out of the study's analysis; "
-                  "the pruner acts only here)", *_plan_lines(prep.pilot, gpus), "",
-                  "stage 2 of 2: " + _chosen(prep)]
-    lines += _plan_lines(prep, gpus)
+                  "the pruner acts only here)", *pilot_lines, "", "stage 2 of 2: " + _chosen(prep)]
+    main_lines, main_price = _plan_lines(prep, gpus)
+    lines += main_lines
+    if prep.pilot is not None:
+        lines += ["", *cost.describe_total([pilot_price, main_price],
+                                           len(prep.pilot.plan.trials) + len(prep.plan.trials))]
+    notes = dict.fromkeys(note for stage in stages for note in stage.notes)  # once each, in order
+    lines += [f"note: {note}" for note in notes]
     return "\n".join(lines)
 
 
@@ -41,7 +48,7 @@ def _final_metrics(grid) -> str:
     return f"final: {final} on {grid.eval.final_n_samples or grid.eval.n_samples} samples at every completed trial's last step"
 
 
-def _plan_lines(prep, gpus: int | None) -> list[str]:
+def _plan_lines(prep, gpus: int | None) -> tuple[list[str], cost.Priced]:
     plan, grid, stores = prep.plan, prep.grid, prep.stores
     lines = [f"study {stores.study!r} from grid {str(plan.path)!r}" + (" (resume)" if prep.options.resume else ""),
              f"metric {grid.metric} ({grid.mode}); pruner {grid.pruner.kind} within each cell",
@@ -61,12 +68,11 @@ def _plan_lines(prep, gpus: int | None) -> list[str]:
     lines += ["", f"{len(plan.trials)} trials in {len(plan.cells())} cells; {total_steps} training steps in all",
               f"data: {prep.data_dir}"]
     lines += [f"{name}: {value}" for name, value in stores.describe().items()]
-    lines += plan_cost(prep, gpus)
-    lines += [f"note: {note}" for note in prep.notes]
-    return lines
+    cost_lines, priced = plan_cost(prep, gpus)
+    return lines + cost_lines, priced
 
 
-def plan_cost(prep, gpus: int | None = None) -> list[str]:
+def plan_cost(prep, gpus: int | None = None) -> tuple[list[str], cost.Priced]:
     """Wall-clock and GPU-hours where the plan runs: here, or on the Ray cluster of `--address`
     (`gpus` GPUs, else unknown and one assumed); `--calibrate` times a few steps here first."""
     figures = cost.load_figures()
@@ -85,7 +91,7 @@ def plan_cost(prep, gpus: int | None = None) -> list[str]:
         prep.notes.append(f"pass --gpus N to price the run for the N GPUs of the cluster at {address}")
     elif gpus is None and cuda:
         gpus, source = torch.cuda.device_count(), "this machine's GPUs"
-    return cost.describe(prep.plan, local, gpu, gpus, address, source)
+    return cost.describe(prep.plan, local, gpu, gpus, address, source), cost.price(prep.plan, local, gpu, gpus, address)
 
 
 def _counts(book, plan) -> dict[str, int]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -43,6 +44,15 @@ def test_dry_run_of_a_committed_grid_plans_and_costs_on_a_fresh_checkout(tmp_pat
         rows = [line.split() for line in study.splitlines() if line.startswith(("ddgan-", "ddpm-"))]
         assert rows and all(int(row[3]) >= 3 for row in rows)  # seeds per reported cell
         assert {"ddpm-ddim-S1", "ddpm-ddim-S2", "ddpm-ddim-S4", "ddpm-ancestral-S1"} <= {row[0] for row in rows}
+        # both stages priced together: trials and GPU-hours add up; each note printed once
+        trials = [int(m) for m in re.findall(r"^(\d+) trials in \d+ cells", out, re.M)]
+        hours = [tuple(map(float, m)) for m in re.findall(r"([\d.]+) \.\. ([\d.]+) GPU-hours", out)]
+        assert len(trials) == 2 and len(hours) == 3, out
+        assert f"both stages, one after the other: {sum(trials)} trials;" in out
+        for i in range(2):
+            assert hours[2][i] == pytest.approx(hours[0][i] + hours[1][i], abs=0.11)
+        notes = [line for line in out.splitlines() if line.startswith("note: ")]
+        assert notes and len(notes) == len(set(notes))
     assert sorted(tmp_path.rglob("*")) == before
 
 
