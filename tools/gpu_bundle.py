@@ -1,6 +1,6 @@
-"""Build the carry folder that lets `benchmarks/gpu_check.sh` run on the lent GPU machine (see tools/README.md).
+"""Build the carry folder that lets `benchmarks/gpu_check.sh` run on a bare GPU machine (see tools/README.md).
 
-That machine (the library's `device` tool, kind nvidia-h200) has Python 3.12 with torch,
+That machine (an H200 reached through a remote-run service) has Python 3.12 with torch,
 numpy, scipy, pandas, matplotlib, pyarrow, aiohttp and the like, but not Ray, MLflow,
 Optuna, pydantic or clean-fid; it reaches no package index, it does not see
 `../shared/data`, and one call carries at most 64 MiB of working tree. This script packs
@@ -28,7 +28,7 @@ git), that `tools/gpu_check_bundled.sh` unpacks before it runs the check:
     python -m tools.gpu_bundle --check .gpu          # the size check alone
     python -m tools.gpu_bundle compare-timing        # real vs timing-only Inception, ms/image
 
-Then, through the device tool: run(command="PYTHON=python3 bash tools/gpu_check_bundled.sh $OUT",
+Then, through the remote-run service: run(command="PYTHON=python3 bash tools/gpu_check_bundled.sh $OUT",
 carry=[".gpu"], timeout_s=600).
 """
 
