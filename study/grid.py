@@ -194,9 +194,11 @@ class Contrasts(Strict):
 
     `planned` absent: defaults from the axes (study/report/contrasts.py). `variance`: the residual
     variance of the fit y ~ cell + seed over every analysed cell ("study", pooled) or over each
-    contrast's own cells ("contrast"; a two-cell contrast is then the paired t-test)."""
+    contrast's own cells ("contrast"; a two-cell contrast is then the paired t-test), or one
+    variance per group of cells that scatter alike ("groups": each DDGAN objective at every T, the
+    DDPM training cells, each DDPM sampler; study/report/claims.py:variance_group)."""
 
-    variance: Literal["study", "contrast"] = "study"
+    variance: Literal["study", "contrast", "groups"] = "study"
     alpha: float = Field(default=0.05, gt=0, lt=0.5)  # Holm's family-wise level
     power: float = Field(default=0.8, gt=0, lt=1)  # for the smallest detectable difference
     planned: tuple[PlannedContrast, ...] | None = Field(default=None, min_length=1)

@@ -205,6 +205,45 @@ def test_unequal_scatter_is_flagged_under_the_pooled_fit():
     assert analysis.caution == []
 
 
+def test_groups_variance_pools_within_objectives_and_samplers():
+    """`variance: groups` through the report: a cell's group is its name without -T<k>/-S<k> (each
+    objective at every T, each DDPM sampler); a contrast across groups is the paired mean over its
+    seeds with each group's variance; a noisy objective does not widen ns's interval; a group of one
+    cell gives no interval and says why."""
+    from study.report.claims import variance_group
+    from study.report.stats import contrast_weights, estimate_grouped_contrast, fit_additive
+
+    assert [variance_group(c) for c in ("ddgan-ns-T10", "ddpm-T1000", "ddpm-ddim-S4", "ddpm-ancestral-S1000")] == \
+        ["ddgan-ns", "ddpm", "ddpm-ddim", "ddpm-ancestral"]
+    summary = study({("ns", 1): 100.0, ("ns", 2): 104.0, ("tv", 1): 100.0, ("tv", 2): 100.0}, noise=1.0,
+                    ddpm={1: 130.0, 2: 120.0})
+    noisy = summary["cell"].str.startswith("ddgan-tv")
+    summary.loc[noisy, M] += 30 * np.random.default_rng(11).standard_normal(int(noisy.sum()))
+    planned = (Planned("ns T2 vs T1", "T_at_equal_images", ("ddgan-ns-T2",), ("ddgan-ns-T1",)),
+               Planned("tv vs ns at T=1", "objective_at_T", ("ddgan-tv-T1",), ("ddgan-ns-T1",)),
+               Planned("ns T1 vs DDIM S1", "ddgan_vs_ddpm_at_equal_nfe", ("ddgan-ns-T1",), ("ddpm-ddim-S1",)))
+    claims, analysis, best = run(summary, plan=ContrastPlan(planned, "test", variance="groups"))
+    assert set(analysis.groups) == {"ddgan-ns", "ddgan-tv", "ddpm-ddim"}
+    assert all(df == len(SEEDS) - 1 for _, _, df in analysis.groups.values())
+    wide = summary.pivot(index="cell", columns="seed", values=M)
+    cells = list(wide.index)
+    group_of = {c: variance_group(c) for c in cells}
+    fits = {g: fit_additive(wide.loc[[c for c in cells if group_of[c] == g]].to_numpy(),
+                            [c for c in cells if group_of[c] == g], SEEDS) for g in set(group_of.values())}
+    for p in planned:
+        expected = estimate_grouped_contrast(wide.to_numpy(), cells, contrast_weights(p.a, p.b), fits, group_of)
+        assert claims[p.name].estimate.se == pytest.approx(expected.se, rel=1e-10)
+        assert claims[p.name].estimate.p == pytest.approx(expected.p, rel=1e-9)
+    assert claims["ns T2 vs T1"].verdict == RESOLVED and claims["ns T1 vs DDIM S1"].verdict == RESOLVED
+    assert claims["tv vs ns at T=1"].estimate.se > 5 * claims["ns T2 vs T1"].estimate.se
+    text = "\n".join(claims_section(analysis, best, M, "min"))
+    assert "one fit per variance group" in text and "`ddgan-tv`" in text and "Welch-Satterthwaite" in text
+    lone = summary[summary["cell"] != "ddgan-tv-T2"]
+    claims, _, _ = run(lone, plan=ContrastPlan(planned, "test", variance="groups"))
+    assert claims["tv vs ns at T=1"].verdict == "no interval"
+    assert "`ddgan-tv`" in claims["tv vs ns at T=1"].statement
+
+
 def test_no_study_no_claims():
     best = pd.DataFrame()
     plan = ContrastPlan((), "none")

@@ -213,6 +213,9 @@ def test_contrasts_default_from_the_axes_and_explicit_ones_are_kept(tmp_path):
         committed = plan_from_grid(load_grid(name)[0], name)
         kinds = {c.kind for c in committed.contrasts if c.absent is None}
         assert {"objective_at_T", "T_at_equal_images", "ddgan_vs_ddpm_at_equal_nfe"} <= kinds, name
+    # full: one variance per group of alike cells (tv scatters far more than ns); cpu: each contrast
+    # on its own cells, as planned before its run
+    assert [plan_from_grid(load_grid(n)[0], n).variance for n in ("cpu", "full")] == ["contrast", "groups"]
     planned = [{"name": "T 4 vs 1, both objectives", "kind": "T_at_equal_images",
                 "a": ["ddgan-ns-T4", "ddgan-tv-T4"], "b": ["ddgan-ns-T1", "ddgan-tv-T1"]}]
     path = write_grid(tmp_path, contrasts={"variance": "contrast", "planned": planned})

@@ -8,7 +8,9 @@ contrast (mean over cells a minus mean over cells b, on the study's metric):
   * the difference and its 95% t-interval from the least-squares fit of y ~ cell + seed, over
     the cells of every planned contrast ("study" variance, pooled) or over the contrast's own
     cells ("contrast": a two-cell contrast is the paired t-test); seeds missing in a cell are
-    left out by the fit, not imputed;
+    left out by the fit, not imputed; or ("groups") the paired mean over the contrast's complete
+    seeds with one residual variance per variance group (`variance_group`: a DDGAN objective at
+    every T, the DDPM training cells, each DDPM sampler), Welch-Satterthwaite df;
   * a two-sided p, Holm-adjusted over the planned contrasts that have one;
   * **resolved** when the Holm-adjusted p < alpha, never from overlapping intervals;
   * the smallest difference a test at alpha / m (Holm's first step) detects with the plan's
@@ -18,6 +20,7 @@ contrast (mean over cells a minus mean over cells b, on the study's metric):
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -30,6 +33,7 @@ from study.report.stats import (
     detectable_difference,
     equal_scatter_p,
     estimate_contrast,
+    estimate_grouped_contrast,
     fit_additive,
     holm,
     seed_block_test,
@@ -63,6 +67,7 @@ class Analysis:
     m: int = 0  # contrasts with a p-value (Holm's family)
     notes: list[str] = field(default_factory=list)
     caution: list[str] = field(default_factory=list)  # printed beside the verdicts, not at the end
+    groups: dict[str, tuple[int, float, int]] = field(default_factory=dict)  # "groups" variance: cells, SD, df
 
 
 def seed_values(summary: pd.DataFrame, best: pd.DataFrame, metric: str) -> tuple[dict[str, dict[int, float]], list[str]]:
@@ -84,6 +89,13 @@ def seed_values(summary: pd.DataFrame, best: pd.DataFrame, metric: str) -> tuple
     return values, notes
 
 
+def variance_group(cell: str) -> str:
+    """A cell's variance group: its name without the trailing -T<k> / -S<k>, i.e. one DDGAN
+    objective at every T (`ddgan-ns`), DDPM's training cells (`ddpm`), one DDPM sampler at every
+    S (`ddpm-ddim`): the cells whose seed-to-seed scatter the "groups" variance assumes alike."""
+    return re.sub(r"-[TS]\d+$", "", cell)
+
+
 def _matrix(values: dict[str, dict[int, float]], cells: list[str], seeds: list[int]) -> np.ndarray:
     return np.array([[values.get(c, {}).get(s, math.nan) for s in seeds] for c in cells], dtype=float)
 
@@ -95,16 +107,29 @@ def analyse(summary: pd.DataFrame, best: pd.DataFrame, metric: str, plan: Contra
     cells = list(dict.fromkeys(c for p in planned for c in (*p.a, *p.b) if c in values))
     seeds = sorted({s for c in cells for s in values[c]})
     study_fit = fit_additive(_matrix(values, cells, seeds), cells, seeds)
+    group_of = {c: variance_group(c) for c in values}
+    group_fits = {}
+    if plan.variance == "groups":  # each group's variance from all of its cells with values
+        every = sorted({s for c in values for s in values[c]})
+        for group in dict.fromkeys(group_of.values()):
+            members = [c for c in values if group_of[c] == group]
+            group_fits[group] = fit_additive(_matrix(values, members, every), members, every)
     estimates: list[ContrastEstimate | None] = []
     for p in planned:
         if any(c not in values for c in (*p.a, *p.b)):
             estimates.append(None)
             continue
+        weights = contrast_weights(p.a, p.b)
+        if plan.variance == "groups":
+            own = list(weights)
+            estimates.append(estimate_grouped_contrast(_matrix(values, own, seeds), own, weights, group_fits,
+                                                       group_of))
+            continue
         fit = study_fit
         if plan.variance == "contrast":
             own = [*p.a, *p.b]
             fit = fit_additive(_matrix(values, own, seeds), own, seeds)
-        estimates.append(estimate_contrast(fit, contrast_weights(p.a, p.b)))
+        estimates.append(estimate_contrast(fit, weights))
     pvalues = [e.p if e is not None else math.nan for e in estimates]
     adjusted = holm(pvalues)
     m = int(np.isfinite(pvalues).sum())
@@ -113,8 +138,10 @@ def analyse(summary: pd.DataFrame, best: pd.DataFrame, metric: str, plan: Contra
     claims += [Claim(p.name, p.kind, NOT_IN_DESIGN, statement=p.absent or "") for p in plan.contrasts if p.absent]
     notes += _missing_seed_notes(values, cells, seeds)
     sd = math.sqrt(study_fit.residual_var) if math.isfinite(study_fit.residual_var) else math.nan
+    groups = {g: (len(f.cells), math.sqrt(f.residual_var) if math.isfinite(f.residual_var) else math.nan, f.df)
+              for g, f in group_fits.items()}
     return Analysis(plan, claims, cells, seeds, sd, study_fit.df, seed_block_test(study_fit), m, notes,
-                    _scatter_notes(values, cells, plan))
+                    _scatter_notes(values, cells, plan), groups)
 
 
 def _claim(p: Planned, e: ContrastEstimate | None, p_holm: float, level: float, plan: ContrastPlan,
@@ -124,7 +151,12 @@ def _claim(p: Planned, e: ContrastEstimate | None, p_holm: float, level: float, 
         return Claim(p.name, p.kind, NO_DATA, statement=f"no completed values on the study's metric for "
                                                          f"{', '.join(f'`{c}`' for c in absent)}")
     if not e.has_interval or not math.isfinite(e.p):
-        return Claim(p.name, p.kind, NO_INTERVAL, e, statement="too few seeds for a residual variance")
+        why = "too few seeds for a residual variance"
+        if plan.variance == "groups":
+            why = ("no residual variance in its variance group(s) "
+                   + ", ".join(f"`{g}`" for g in dict.fromkeys(variance_group(c) for c in (*p.a, *p.b)))
+                   + " (a group needs two cells and two seeds)")
+        return Claim(p.name, p.kind, NO_INTERVAL, e, statement=why)
     detectable = detectable_difference(e.se, e.df, level, plan.power)
     if p_holm < plan.alpha:
         return Claim(p.name, p.kind, RESOLVED, e, p_holm, detectable)
@@ -150,8 +182,9 @@ def _scatter_notes(values: dict[str, dict[int, float]], cells: list[str], plan: 
     low, high = min(sd, key=sd.get), max(sd, key=sd.get)
     return [f"the scatter over seeds differs between cells (SD {fmt(sd[low], 3)} in `{low}` to {fmt(sd[high], 3)} "
             f"in `{high}`; Bartlett p {_p(p)}): the pooled residual variance makes intervals too narrow for "
-            "contrasts of the noisiest cells and too wide for the others; `contrasts: {variance: contrast}` in "
-            "the grid tests each contrast on its own cells"]
+            "contrasts of the noisiest cells and too wide for the others; `contrasts: {variance: groups}` in "
+            "the grid pools only within groups of alike cells, `{variance: contrast}` tests each contrast on its own "
+            "cells"]
 
 
 # -- Markdown -------------------------------------------------------------------------------------
@@ -217,6 +250,11 @@ def _how(analysis: Analysis, metric: str, mode: str) -> str:
     plan = analysis.plan
     if plan.variance == "contrast":
         fit = "each contrast's own cells (a two-cell contrast is the paired t-test)"
+    elif plan.variance == "groups":
+        fit = ("one fit per variance group (a DDGAN objective at every T, DDPM's training cells, each DDPM "
+               "sampler; residual SD, df: " + ", ".join(f"`{g}` {fmt(sd, 3) or '–'}, {df}"
+                                                       for g, (_, sd, df) in analysis.groups.items())
+               + "); a contrast is the paired mean over its complete seeds with Welch-Satterthwaite df")
     else:
         fit = (f"the {len(analysis.cells)} cells of the planned contrasts, pooled: residual SD "
                f"{fmt(analysis.residual_sd, 3) or '–'} on {analysis.df} df")

@@ -52,7 +52,7 @@ class Planned:
 class ContrastPlan:
     contrasts: tuple[Planned, ...]
     source: str  # where the contrasts come from, in words
-    variance: str = "study"  # "study" | "contrast" (see study.grid.Contrasts)
+    variance: str = "study"  # "study" | "contrast" | "groups" (see study.grid.Contrasts)
     alpha: float = 0.05
     power: float = 0.8
 

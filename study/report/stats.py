@@ -17,7 +17,13 @@ Choices (each tested in tests/test_report_stats.py):
     complete; with only the contrast's own cells ("contrast" variance) a two-cell contrast is
     exactly the paired t-test over seeds. Pooling buys degrees of freedom (power under Holm) and
     assumes the seed-to-seed scatter is alike in every cell; the contrast-only fit assumes that
-    only within the cells it compares.
+    only within the cells it compares. "groups" variance sits between them: one residual
+    variance per *variance group* (cells expected to scatter alike, e.g. one objective at every
+    T), each from the fit y ~ cell + seed over that group's cells; a contrast is then the paired
+    mean over its complete seeds, sum_c w_c y[c, s], with variance sum_c w_c^2 sigma_g(c)^2 / n
+    (the seed effect cancels because sum(w) = 0) and Welch-Satterthwaite degrees of freedom.
+    It keeps the pooled fit's degrees of freedom where cells are alike and does not let a noisy
+    group (tv, or DDPM at one step) widen or narrow the intervals of the others.
   * **Missing seeds.** The least-squares fit takes the unbalanced design as it is: no block is
     dropped. For a two-cell fit, a seed observed in only one cell carries no information on the
     difference (its own beta absorbs it), so the result equals the paired t over the complete
@@ -126,7 +132,7 @@ def equal_scatter_p(groups: list[list[float]]) -> float:
 class ContrastEstimate:
     estimate: float  # w . alpha_hat: the difference
     se: float
-    df: int
+    df: float  # residual degrees of freedom (Welch-Satterthwaite, not an integer, with "groups" variance)
     low: float  # 95% (1 - alpha) t-interval
     high: float
     t: float
@@ -165,13 +171,50 @@ def estimate_contrast(fit: AdditiveFit, weights: dict[str, float], alpha: float 
     if fit.df <= 0 or not math.isfinite(fit.residual_var):
         return ContrastEstimate(estimate, math.nan, 0, math.nan, math.nan, math.nan, math.nan, complete)
     se = math.sqrt(fit.residual_var * float(w @ fit.cov_unscaled @ w))
-    half = float(stats.t.ppf(1 - alpha / 2, fit.df)) * se
+    return _t_test(estimate, se, fit.df, alpha, complete)
+
+
+def _t_test(estimate: float, se: float, df: float, alpha: float, complete: int) -> ContrastEstimate:
+    half = float(stats.t.ppf(1 - alpha / 2, df)) * se
     if se == 0:
         t, p = (0.0, 1.0) if estimate == 0 else (math.copysign(math.inf, estimate), 0.0)
     else:
         t = estimate / se
-        p = float(2 * stats.t.sf(abs(t), fit.df))
-    return ContrastEstimate(estimate, se, fit.df, estimate - half, estimate + half, t, p, complete)
+        p = float(2 * stats.t.sf(abs(t), df))
+    return ContrastEstimate(estimate, se, df, estimate - half, estimate + half, t, p, complete)
+
+
+def estimate_grouped_contrast(values: np.ndarray | list, cells: list[str] | tuple[str, ...],
+                              weights: dict[str, float], group_fits: dict[str, AdditiveFit],
+                              group_of: dict[str, str], alpha: float = 0.05) -> ContrastEstimate:
+    """The contrast as the paired mean over the seeds observed in all of its cells (`values`: cells
+    x seeds), with variance sum_c w_c^2 sigma_g(c)^2 / n from each cell's group fit and
+    Welch-Satterthwaite df. No interval where a group has no residual df (one cell, one seed)."""
+    if abs(sum(weights.values())) > 1e-9:
+        raise ValueError(f"contrast weights must sum to 0, got {sum(weights.values()):g}")
+    values = np.asarray(values, dtype=float).reshape(len(cells), -1)
+    used = [c for c, w in weights.items() if w != 0]
+    nan = ContrastEstimate(math.nan, math.nan, 0, math.nan, math.nan, math.nan, math.nan, 0)
+    if any(c not in cells for c in used):
+        return nan
+    rows = values[[list(cells).index(c) for c in used]]
+    complete = np.isfinite(rows).all(axis=0)
+    n = int(complete.sum())
+    if n == 0:
+        return nan
+    w = np.array([weights[c] for c in used])
+    estimate = float(np.mean(w @ rows[:, complete]))
+    parts: dict[str, float] = {}  # group -> sum of w_c^2 over its cells, / n
+    for cell, wc in zip(used, w, strict=True):
+        parts[group_of[cell]] = parts.get(group_of[cell], 0.0) + wc**2 / n
+    fits = {g: group_fits[g] for g in parts}
+    if any(f.df <= 0 or not math.isfinite(f.residual_var) for f in fits.values()):
+        return ContrastEstimate(estimate, math.nan, 0, math.nan, math.nan, math.nan, math.nan, n)
+    terms = {g: k * fits[g].residual_var for g, k in parts.items()}
+    var = sum(terms.values())
+    denominator = sum(term**2 / fits[g].df for g, term in terms.items())
+    df = float(var**2 / denominator) if denominator > 0 else float(min(f.df for f in fits.values()))
+    return _t_test(estimate, math.sqrt(float(var)), df, alpha, n)
 
 
 def holm(pvalues: list[float]) -> list[float]:
@@ -187,7 +230,7 @@ def holm(pvalues: list[float]) -> list[float]:
     return out.tolist()
 
 
-def power_two_sided(difference: float, se: float, df: int, alpha: float) -> float:
+def power_two_sided(difference: float, se: float, df: float, alpha: float) -> float:
     """Probability that a two-sided t-test at level `alpha` rejects when the true contrast is
     `difference` (noncentral t with noncentrality difference / se)."""
     critical = stats.t.ppf(1 - alpha / 2, df)
@@ -196,7 +239,7 @@ def power_two_sided(difference: float, se: float, df: int, alpha: float) -> floa
     return float(stats.nct.sf(critical, df, ncp) + stats.nct.sf(critical, df, -ncp))
 
 
-def detectable_difference(se: float, df: int, alpha: float, power: float = 0.8) -> float:
+def detectable_difference(se: float, df: float, alpha: float, power: float = 0.8) -> float:
     """Smallest |difference| the test at level `alpha` detects with probability `power`."""
     if not (math.isfinite(se) and se > 0 and df > 0):
         return math.nan
