@@ -244,6 +244,37 @@ def test_groups_variance_pools_within_objectives_and_samplers():
     assert "`ddgan-tv`" in claims["tv vs ns at T=1"].statement
 
 
+def test_contrasts_are_checked_again_on_fd_infinity():
+    """The final FD-infinity column (eval/..._inf) gets the same planned contrasts, its own Holm, and
+    a column that says whether each verdict is the same; claims.csv names the metric of each row."""
+    from study.report.claims import infinity_metrics, infinity_section
+
+    summary = study({("ns", 1): 100.0, ("hellinger", 1): 106.0, ("rkl", 1): 100.0}, noise=1.0)
+    inf = "eval/fd_fmnist_inf"
+    summary[inf] = summary[M] - 3.0  # the same ordering: every verdict agrees
+    summary["eval/fd_fmnist_2048"] = summary[M] + 1.0  # not an infinity column
+    assert infinity_metrics(summary, M) == [inf]
+    plan = ContrastPlan(tuple(default_contrasts(infos(summary))), "test", variance="contrast")
+    claims, analysis, best = run(summary, plan=plan)
+    assert claims["hellinger vs ns at T=1"].verdict == RESOLVED and claims["rkl vs ns at T=1"].verdict == UNRESOLVED
+
+    def check(frame):
+        return analyse(frame, best_by_cell(frame, inf, "min"), inf, plan)
+
+    text = "\n".join(infinity_section([(inf, check(summary))], analysis, best, "min"))
+    assert f"**The same contrasts on `{inf}`**" in text and "Every verdict is the same." in text
+    moved = summary.copy()
+    ns_inf = moved.loc[moved["cell"] == "ddgan-ns-T1"].sort_values("seed")[inf].to_numpy()
+    wiggle = np.resize([0.5, -0.5], len(ns_inf))  # hellinger's gap vanishes on FD-infinity: mean difference 0
+    moved.loc[moved["cell"] == "ddgan-hellinger-T1", inf] = ns_inf + wiggle
+    text = "\n".join(infinity_section([(inf, check(moved))], analysis, best, "min"))
+    assert "1 verdict(s) differ." in text
+    row = next(line for line in text.splitlines() if line.startswith("| hellinger vs ns at T=1"))
+    assert row.rstrip(" |").endswith("**no**") and UNRESOLVED in row
+    frame = pd.concat([claims_frame(analysis, M), claims_frame(check(moved), inf)])
+    assert list(frame.columns[:2]) == ["metric", "contrast"] and set(frame["metric"]) == {M, inf}
+
+
 def test_no_study_no_claims():
     best = pd.DataFrame()
     plan = ContrastPlan((), "none")

@@ -12,7 +12,7 @@ import pandas as pd
 
 from ddgan.errors import UsageError
 from study.report import figures as fig
-from study.report.claims import analyse, claims_frame
+from study.report.claims import analyse, claims_frame, infinity_metrics
 from study.report.contrasts import lr_choice_from_tags, study_plan
 from study.report.data import StudyRuns, load_study, pick_study, protocol_rows, provenance
 from study.report.markdown import render
@@ -173,16 +173,19 @@ def build_report(mlflow_uri: str, study: str | None, out: str | Path | None = No
     runs.summary.to_csv(out / "summary.csv", index=False)
     best.to_csv(out / "best_by_cell.csv", index=False)
     tags = runs.parent["tags"]
-    analysis = analyse(runs.summary, best, runs.metric, study_plan(tags.get("grid"), best, tags.get("fingerprint"),
-                                                                     lr_choice_from_tags(tags)))
-    claims_frame(analysis).to_csv(out / "claims.csv", index=False)
+    plan = study_plan(tags.get("grid"), best, tags.get("fingerprint"), lr_choice_from_tags(tags))
+    analysis = analyse(runs.summary, best, runs.metric, plan)
+    checks = [(m, analyse(runs.summary, best_by_cell(runs.summary, m, runs.mode), m, plan))
+              for m in infinity_metrics(runs.summary, runs.metric)]
+    pd.concat([claims_frame(analysis, runs.metric), *(claims_frame(a, m) for m, a in checks)]).to_csv(
+        out / "claims.csv", index=False)
     figures = make_figures(runs, best, speed, out, report.missing)
     generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     command = report_command or f"python -m study.report --study {study}"
     discussion_file = out / "discussion.md"
     discussion = discussion_file.read_text() if discussion_file.is_file() else None
     text = render(runs, best, speed, speed_reference(best), figures, report.missing, generated, command, discussion,
-                  analysis)
+                  analysis, checks)
     (out / "REPORT.md").write_text(text)
     report.files = [out / "summary.csv", out / "best_by_cell.csv", out / "claims.csv", out / "REPORT.md"]
     report.files += [out / name for name in figures.values() if name]

@@ -8,7 +8,7 @@ from typing import Any
 
 import pandas as pd
 
-from study.report.claims import Analysis, claims_section
+from study.report.claims import Analysis, claims_section, infinity_section
 from study.report.data import StudyRuns, protocol_rows, provenance
 from study.report.tables import MS, NFE, cell_label, fmt, fmt_interval, markdown_table
 
@@ -294,9 +294,12 @@ def discussion_section(text: str | None) -> list[str]:
 
 def render(runs: StudyRuns, best: pd.DataFrame, speed: pd.DataFrame, reference: dict[str, dict[str, Any]],
            figures: dict[str, str | None], notes: list[str], generated: str, report_command: str,
-           discussion: str | None = None, analysis: Analysis | None = None) -> str:
+           discussion: str | None = None, analysis: Analysis | None = None,
+           checks: list[tuple[str, Analysis]] | None = None) -> str:
     lines = header(runs, generated, report_command)
     lines += claims_section(analysis, best, runs.metric, runs.mode)  # first: what the study resolves
+    if analysis is not None and checks:
+        lines += infinity_section(checks, analysis, best, runs.mode)
     lines += at_a_glance(runs, best, speed)
     lines += discussion_section(discussion)
     lines += missing_section(notes)
