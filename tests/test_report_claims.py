@@ -275,6 +275,18 @@ def test_contrasts_are_checked_again_on_fd_infinity():
     assert list(frame.columns[:2]) == ["metric", "contrast"] and set(frame["metric"]) == {M, inf}
 
 
+@pytest.mark.parametrize("variance", ["study", "contrast", "groups"])
+def test_cells_that_share_no_seed_are_not_estimable_and_say_so(variance):
+    summary = study({("ns", 1): 100.0, ("hellinger", 1): 103.0}, noise=1.0)
+    apart = ((summary["cell"] == "ddgan-ns-T1") & (summary["seed"] < 4)) | \
+        ((summary["cell"] == "ddgan-hellinger-T1") & (summary["seed"] >= 4))
+    planned = (Planned("hellinger vs ns at T=1", "objective_at_T", ("ddgan-hellinger-T1",), ("ddgan-ns-T1",)),)
+    claims, analysis, _ = run(summary[apart], plan=ContrastPlan(planned, "test", variance=variance))
+    claim = claims["hellinger vs ns at T=1"]
+    assert claim.verdict == "no interval" and claim.statement == "not estimable: its cells share no seed"
+    assert analysis.m == 0
+
+
 def test_no_study_no_claims():
     best = pd.DataFrame()
     plan = ContrastPlan((), "none")

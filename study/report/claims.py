@@ -152,7 +152,9 @@ def _claim(p: Planned, e: ContrastEstimate | None, p_holm: float, level: float, 
                                                          f"{', '.join(f'`{c}`' for c in absent)}")
     if not e.has_interval or not math.isfinite(e.p):
         why = "too few seeds for a residual variance"
-        if plan.variance == "groups":
+        if not math.isfinite(e.estimate):
+            why = "not estimable: its cells share no seed"
+        elif plan.variance == "groups":
             why = ("no residual variance in its variance group(s) "
                    + ", ".join(f"`{g}`" for g in dict.fromkeys(variance_group(c) for c in (*p.a, *p.b)))
                    + " (a group needs two cells and two seeds)")

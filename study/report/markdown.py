@@ -96,7 +96,8 @@ def _ddgan(best: pd.DataFrame, metric: str) -> pd.DataFrame:
 
 def at_a_glance(runs: StudyRuns, best: pd.DataFrame, speed: pd.DataFrame) -> list[str]:
     metric, ascending = runs.metric, runs.mode == "min"
-    lines = ["## At a glance", ""]
+    lines = ["## At a glance", "", "_Descriptive: the best means, picked by the very numbers they show; only the claims "
+             "above test a difference._", ""]
     ddgan = _ddgan(best, metric).sort_values(_m(metric), ascending=ascending)
     if len(ddgan):
         top = ddgan.iloc[0]
