@@ -403,11 +403,11 @@ def price(plan: Plan, local: Figures, gpu: Figures, gpus: int | None = None, add
 
 
 def describe(plan: Plan, local: Figures, gpu: Figures, gpus: int | None = None, address: str | None = None,
-             gpu_source: str | None = None) -> list[str]:
+             gpu_source: str | None = None, priced: Priced | None = None) -> list[str]:
     """The plan's cost lines: the CPU's wall-clock where the trials run here, and the wall-clock and
     GPU-hours of the GPUs the plan targets (`gpus` of them; `gpu_source` says where that count came
-    from), each with the machine its figures come from."""
-    priced = price(plan, local, gpu, gpus, address)
+    from), each with the machine its figures come from; `priced`: `price` of the same arguments."""
+    priced = priced or price(plan, local, gpu, gpus, address)
     lines = ["", "cost estimate (from no pruning down to all but one trial per cell stopped at its first chance):"]
     if priced.here is not None:
         here, on_gpu = priced.here, local == gpu

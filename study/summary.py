@@ -91,7 +91,8 @@ def plan_cost(prep, gpus: int | None = None) -> tuple[list[str], cost.Priced]:
         prep.notes.append(f"pass --gpus N to price the run for the N GPUs of the cluster at {address}")
     elif gpus is None and cuda:
         gpus, source = torch.cuda.device_count(), "this machine's GPUs"
-    return cost.describe(prep.plan, local, gpu, gpus, address, source), cost.price(prep.plan, local, gpu, gpus, address)
+    priced = cost.price(prep.plan, local, gpu, gpus, address)
+    return cost.describe(prep.plan, local, gpu, gpus, address, source, priced), priced
 
 
 def _counts(book, plan) -> dict[str, int]:

@@ -233,13 +233,15 @@ def _signed(value: float) -> str | None:
     return None if text is None else (text if value < 0 else f"+{text}")
 
 
+def _difference(e: ContrastEstimate | None) -> str | None:
+    """"+4.8 [-29.6, +39.3]": the difference and, where there is one, its interval."""
+    if e is None or not math.isfinite(e.estimate):
+        return None
+    return _signed(e.estimate) + (f" [{_signed(e.low)}, {_signed(e.high)}]" if e.has_interval else "")
+
+
 def _row(claim: Claim, planned: Planned, best: pd.DataFrame, mode: str) -> list:
-    e = claim.estimate
-    diff = None
-    if e is not None:
-        diff = _signed(e.estimate)
-        if e.has_interval:
-            diff += f" [{_signed(e.low)}, {_signed(e.high)}]"
+    e, diff = claim.estimate, _difference(claim.estimate)
     detect = fmt(claim.detectable, 3)
     name = claim.name + (_times(planned, best) if claim.kind == "ddgan_vs_ddpm_at_equal_nfe" else "")
     return [name, diff,
@@ -321,17 +323,11 @@ def infinity_section(checks: list[tuple[str, Analysis]], primary: Analysis, best
     lines = []
     verdicts = {c.name: c.verdict for c in primary.claims}
     for metric, analysis in checks:
-        tested = [c for c in analysis.claims if c.verdict not in (NOT_IN_DESIGN,)]
+        tested = [c for c in analysis.claims if c.verdict != NOT_IN_DESIGN]
         if not tested:
             continue
-        rows = []
-        for c in tested:
-            e = c.estimate
-            diff = None
-            if e is not None and math.isfinite(e.estimate):
-                diff = _signed(e.estimate) + (f" [{_signed(e.low)}, {_signed(e.high)}]" if e.has_interval else "")
-            same = "yes" if verdicts.get(c.name) == c.verdict else "**no**"
-            rows.append([c.name, diff, _p(c.p_holm), c.verdict, same])
+        rows = [[c.name, _difference(c.estimate), _p(c.p_holm), c.verdict,
+                 "yes" if verdicts.get(c.name) == c.verdict else "**no**"] for c in tested]
         changed = sum(r[-1] != "yes" for r in rows)
         lines += [f"**The same contrasts on `{metric}`** (the final evaluation's distance extrapolated to "
                   "infinitely many samples, the 1/N fit of Chong & Forsyth: FD's bias shrinks as 1/N with a "
