@@ -146,7 +146,8 @@ def _check_data(data_dir: str | None, plan: Plan) -> Path:
     return path.resolve()
 
 
-def _check_resume(stores: Stores, plan: Plan, resume: bool, after_pilot: bool = False, chosen: bool = True) -> None:
+def _check_resume(stores: Stores, plan: Plan, resume: bool, notes: list[str], after_pilot: bool = False,
+                  chosen: bool = True) -> None:
     """after_pilot: the study of a grid with a pilot, which starts only once its pilot has chosen
     (so `--resume` may find its pilot interrupted and no plan of its own yet)."""
     exists = stores.plan_file.is_file()
@@ -169,11 +170,12 @@ def _check_resume(stores: Stores, plan: Plan, resume: bool, after_pilot: bool = 
         if saved.get("fingerprint") != plan.fingerprint():
             raise UsageError(f"--resume: the grid changed since study {stores.study!r} started "
                              "(trials or their configs differ); use --study NAME to start a new study")
-        _check_resume_checkpoints(stores)
+        _check_resume_checkpoints(stores, notes)
 
 
-def newest_checkpoints(ray_storage: str, phase: str) -> dict[str, str]:
-    """trial key -> the newest `ckpt_*.pt` (highest step) under `<ray storage>/<phase>/<key>/checkpoint_*/`.
+def saved_checkpoints(ray_storage: str, phase: str) -> dict[str, list[str]]:
+    """trial key -> its `ckpt_*.pt` files under `<ray storage>/<phase>/<key>/checkpoint_*/`, newest
+    (highest step) first.
 
     What `--resume` continues from: plain files listed by name, never Ray's saved experiment
     state (pickles, see study.tuning.phases). A local path or a remote URI (through pyarrow)."""
@@ -185,32 +187,54 @@ def newest_checkpoints(ray_storage: str, phase: str) -> dict[str, str]:
         found = fs.get_file_info(pyarrow.fs.FileSelector(base, recursive=True, allow_not_found=True))
     except OSError as err:
         raise UsageError(f"--resume: cannot list {mask_uri(root)!r} ({err})") from None
-    newest: dict[str, tuple[int, str]] = {}
+    saved: dict[str, list[tuple[int, str]]] = {}
     for info in found:
         parts = info.path[len(base.rstrip("/")) + 1:].split("/")  # <key>/checkpoint_NNNNNN/ckpt_SSSSSSS.pt
         match = re.fullmatch(r"ckpt_(\d+)\.pt", parts[-1])
         if info.type != pyarrow.fs.FileType.File or len(parts) != 3 or not match or \
                 not parts[1].startswith("checkpoint_"):
             continue
-        step = int(match.group(1))
-        if step >= newest.get(parts[0], (-1, ""))[0]:
-            where = f"{root}/{'/'.join(parts)}" if "://" in root else info.path
-            newest[parts[0]] = (step, where)
-    return {key: where for key, (_, where) in newest.items()}
+        where = f"{root}/{'/'.join(parts)}" if "://" in root else info.path
+        saved.setdefault(parts[0], []).append((int(match.group(1)), where))
+    return {key: [where for _, where in sorted(files, reverse=True)] for key, files in saved.items()}
 
 
-def _check_resume_checkpoints(stores: Stores) -> None:
-    """--resume: the checkpoint every unfinished trial will continue from must be a checkpoint of
-    this project (`load_checkpoint`: weights_only, its config and weights fit together); a truncated,
-    garbage or crafted file is refused here instead of failing its trial on every retry."""
-    if "://" in stores.ray_storage:
-        return  # remote storage: the trainer checks the file when it loads it
-    for phase in ("train", "sample"):
-        for path in newest_checkpoints(stores.ray_storage, phase).values():
+def resume_checkpoints(ray_storage: str, phase: str, notes: list[str] | None = None) -> dict[str, str]:
+    """trial key -> the checkpoint file `--resume` continues it from: on local storage the newest
+    that loads as a checkpoint of this project (`load_checkpoint`: weights_only, its config and
+    weights fit together). A newer file that does not (a copy cut short by the kill that ended the
+    previous session) is skipped, and said in `notes`: the trial repeats those steps, nothing
+    else is lost. A trial none of whose files loads is refused (CheckpointError), not restarted
+    from step 0 behind the user's back. On remote storage the newest file; the trainer checks it
+    when it loads it."""
+    chosen = {}
+    for key, files in saved_checkpoints(ray_storage, phase).items():
+        if "://" in ray_storage:
+            chosen[key] = files[0]
+            continue
+        errors = []
+        for path in files:
             try:
                 load_checkpoint(path)
             except CheckpointError as err:
-                raise CheckpointError(f"--resume: {err}; restore it or start a new study with --study NAME") from None
+                errors.append(str(err))
+                continue
+            chosen[key] = path
+            if errors and notes is not None:
+                notes.append(f"--resume: trial {key} continues from {path!r}, the newest checkpoint that "
+                             f"loads; skipped {len(errors)} newer: {'; '.join(errors)}")
+            break
+        else:
+            raise CheckpointError(f"--resume: {errors[0]}; restore it or start a new study with --study NAME")
+    return chosen
+
+
+def _check_resume_checkpoints(stores: Stores, notes: list[str]) -> None:
+    """--resume: every unfinished trial must have a checkpoint of this project to continue from;
+    a truncated, garbage or crafted file alone is refused here instead of failing its trial on
+    every retry."""
+    for phase in ("train", "sample"):
+        resume_checkpoints(stores.ray_storage, phase, notes)
 
 
 def _check_gpus(grid: Grid, options: StudyOptions, notes: list[str]) -> None:
@@ -277,6 +301,7 @@ def prepare(options: StudyOptions) -> Prepared:
     data_dir = _check_data_or_note(options, plan, notes)
     preflight(stores)
     _check_shared(stores, options, notes)
-    _check_resume(stores, plan, options.resume, after_pilot=options.stage == "main", chosen=bool(options.lr_choice))
+    _check_resume(stores, plan, options.resume, notes, after_pilot=options.stage == "main",
+                  chosen=bool(options.lr_choice))
     fid_weights = str(weights.path) if weights else options.fid_weights and str(Path(options.fid_weights).resolve())
     return Prepared(options, plan, stores, data_dir, fid_weights, notes, weights.sha256 if weights else None)
