@@ -14,6 +14,7 @@ loaded. Every timed region ends with a device synchronisation (CUDA runs asynchr
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 
@@ -23,7 +24,14 @@ from ddgan.config import Config
 from ddgan.methods import build_method
 from ddgan.sampler import sampling_numerics
 
-__all__ = ["SpeedFigures", "measure_speed", "synchronize"]
+__all__ = ["PROTOCOL", "SpeedFigures", "measure_speed", "synchronize"]
+
+# What a figure means; logged as the `speed.protocol` tag, and a study re-times any group whose
+# tag differs (study.tuning.speed), so figures of one report always share one protocol.
+PROTOCOL = ("alone on the device, untrained weights, synchronised; sampling: an untimed first call "
+            "(and one more on CUDA) unless that call alone took >= 1 s, then calls filling >= 1 s are "
+            "timed; training: an untimed warm-up (one step, a window on CUDA), then one R1 window")
+MIN_SAMPLE_SECONDS = 1.0
 
 
 def synchronize(device: torch.device) -> None:
@@ -40,6 +48,7 @@ class SpeedFigures:
     train_img_per_s: float  # training images per second, steps timed include one R1 step (DDGAN)
     train_steps_timed: int
     device: str  # e.g. "cuda: NVIDIA H100 80GB HBM3" or "cpu: 2 threads"
+    sample_calls_timed: int = 1
 
     def as_metrics(self) -> dict[str, float]:
         return {"speed/sample_ms_per_image": self.sample_ms_per_image, "speed/train_img_per_s": self.train_img_per_s}
@@ -47,7 +56,7 @@ class SpeedFigures:
     def as_tags(self) -> dict[str, str]:
         return {"speed.device": self.device, "speed.sample_batch": str(self.sample_batch),
                 "speed.nfe": str(self.nfe), "speed.train_steps_timed": str(self.train_steps_timed),
-                "speed.protocol": "alone on the device, untrained weights, synchronised; warm-up: training always, sampling on CUDA"}
+                "speed.sample_calls_timed": str(self.sample_calls_timed), "speed.protocol": PROTOCOL}
 
 
 def describe_device(device: torch.device) -> str:
@@ -68,9 +77,24 @@ def _timed(fn, device: torch.device, repeats: int, warmup: bool = True) -> float
     return (time.perf_counter() - start) / repeats
 
 
+def time_calls(fn, device: torch.device, min_seconds: float = MIN_SAMPLE_SECONDS,
+               max_calls: int = 1000) -> tuple[float, int]:
+    """(seconds per call of `fn`, calls timed). The first call is timed alone: when it took
+    `min_seconds` or more, start-up costs (allocation, oneDNN primitive creation, cuDNN autotuning)
+    are a small share of it and it is the figure; else it was the warm-up, and as many further
+    calls as it takes to fill `min_seconds` are timed together. A cheap chain (DDGAN at T=1: a few
+    ms) is never timed cold or from one call; the slowest (DDPM, 1000 steps) is run once."""
+    first = _timed(fn, device, 1, warmup=device.type == "cuda")  # CUDA autotunes on the first call
+    if first >= min_seconds:
+        return first, 1
+    calls = min(max_calls, max(1, math.ceil(min_seconds / max(first, 1e-9))))
+    return _timed(fn, device, calls, warmup=False), calls
+
+
 def measure_speed(cfg: Config, device: torch.device | str, sample_batch: int, train_steps: int | None = None,
-                  repeats: int = 1) -> SpeedFigures:
-    """Time `cfg`'s sampling (one call of `sample_batch` images, `cfg.eval` numerics) and training.
+                  min_sample_seconds: float = MIN_SAMPLE_SECONDS) -> SpeedFigures:
+    """Time `cfg`'s sampling (calls of `sample_batch` images, `cfg.eval` numerics; `time_calls`)
+    and training.
 
     train_steps: steps per timed window (default: DDGAN's R1 period `objective.r1_interval`, so the
     window holds exactly one R1 step, the share the grid's trials pay; DDPM: 8). An untimed
@@ -87,9 +111,7 @@ def measure_speed(cfg: Config, device: torch.device | str, sample_batch: int, tr
         nfe_box.append(int(nfe))
         del images
 
-    # CUDA's first call autotunes cuDNN and allocates; a CPU's is a normal call, and a warm-up of the
-    # slowest chain (DDPM, 1000 steps) would double the dearest measurement
-    sample_s = _timed(sample, device, repeats, warmup=device.type == "cuda")
+    sample_s, sample_calls = time_calls(sample, device, min_sample_seconds)
     period = cfg.objective.r1_interval if cfg.method == "ddgan" else 8
     steps = int(train_steps or period)
     batch = torch.rand(cfg.train.batch_size, 1, 28, 28, generator=torch.Generator().manual_seed(0)) * 2 - 1
@@ -107,4 +129,4 @@ def measure_speed(cfg: Config, device: torch.device | str, sample_batch: int, tr
     return SpeedFigures(
         sample_ms_per_image=1000.0 * sample_s / sample_batch, sample_batch=int(sample_batch), nfe=nfe_box[-1],
         train_img_per_s=steps * cfg.train.batch_size / max(train_s, 1e-9), train_steps_timed=steps,
-        device=describe_device(device))
+        device=describe_device(device), sample_calls_timed=sample_calls)

@@ -36,6 +36,55 @@ def test_measure_speed_times_the_sampling_chain_and_one_r1_step_per_window(monke
     assert figures.as_tags()["speed.device"].startswith("cpu: ")
 
 
+class FakeClock:
+    """time.perf_counter that only the timed function advances: its first call costs `cold`
+    seconds (start-up), every later one `warm`."""
+
+    def __init__(self, cold: float, warm: float):
+        self.now, self.cold, self.warm, self.calls = 0.0, cold, warm, 0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def work(self) -> None:
+        self.now += self.cold if self.calls == 0 else self.warm
+        self.calls += 1
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_a_cheap_chain_is_timed_warm_over_enough_calls(monkeypatch, device):
+    """Before: one cold call on a CPU, so DDGAN at T=1 (NFE 1) timed slower than at T=2 (cpu study)."""
+    import ddgan.speed
+
+    clock = FakeClock(cold=1 / 16, warm=1 / 256)  # binary fractions: the clock's sums are exact
+    monkeypatch.setattr(ddgan.speed.time, "perf_counter", clock)
+    monkeypatch.setattr(ddgan.speed, "synchronize", lambda device: None)
+    seconds, calls = ddgan.speed.time_calls(clock.work, torch.device(device), min_seconds=1.0)
+    assert seconds == 1 / 256  # the start-up is not in the figure
+    # The first timed call decides how many fill a second: CPU the cold one (16), CUDA (after an
+    # untimed autotuning call) a warm one (256).
+    first_calls, expected = (2, 256) if device == "cuda" else (1, 16)
+    assert calls == expected and clock.calls == first_calls + calls
+
+
+def test_a_chain_of_a_second_or_more_is_timed_once(monkeypatch):
+    """The slowest chain (DDPM, 1000 steps: seconds per batch) is not run twice on a CPU."""
+    import ddgan.speed
+
+    clock = FakeClock(cold=2.5, warm=2.4)
+    monkeypatch.setattr(ddgan.speed.time, "perf_counter", clock)
+    assert ddgan.speed.time_calls(clock.work, torch.device("cpu"), min_seconds=1.0) == (2.5, 1)
+    assert clock.calls == 1
+
+
+def test_speed_figures_name_their_protocol_and_calls():
+    from ddgan.speed import PROTOCOL, measure_speed
+
+    figures = measure_speed(tiny(**{"diffusion.T": 1}), "cpu", sample_batch=2, min_sample_seconds=0.05)
+    tags = figures.as_tags()
+    assert tags["speed.protocol"] == PROTOCOL and int(tags["speed.sample_calls_timed"]) >= 1
+
+
 def test_measure_speed_of_a_respaced_ddpm_counts_its_own_steps():
     from ddgan.speed import measure_speed
 

@@ -9,12 +9,14 @@ holding a whole GPU (when trials use GPUs) while no trial runs, so all figures c
 same device, one configuration at a time. CPU trials on a one-node local Ray ran on the
 driver's machine: there the driver times them itself, with a trial's thread count. Each trial's MLflow run gets its group's figures
 (metrics at step 0, `speed.*` tags naming the device and protocol); a resumed study measures
-only the groups not yet logged.
+only the groups not yet logged with the current protocol (`ddgan.speed.PROTOCOL`), so a
+finished study resumed after the protocol changed is timed again, all of it at once.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import ray
@@ -87,12 +89,19 @@ def _measured_here(configs: list[dict[str, Any]], threads: int) -> list[dict[str
         torch.set_num_threads(before)
 
 
+def _logged_now(data) -> bool:
+    """The run holds speed figures of the current protocol (an older protocol's are timed again)."""
+    from ddgan.speed import PROTOCOL
+
+    return "speed/sample_ms_per_image" in data.metrics and data.tags.get("speed.protocol") == PROTOCOL
+
+
 def log_speed(plan: Plan, client, run_ids: dict[str, str], cpus_per_trial: float, gpus_per_trial: float) -> int:
     """Measure the groups not yet logged and log them to their trials' runs; -> groups measured."""
     from mlflow.entities import Metric, RunTag
 
     todo = [(config, keys) for config, keys in speed_groups(plan).values()
-            if any("speed/sample_ms_per_image" not in client.get_run(run_ids[k]).data.metrics for k in keys)]
+            if any(not _logged_now(client.get_run(run_ids[k]).data) for k in keys)]
     if not todo:
         return 0
     configs, threads = [config for config, _ in todo], max(1, int(cpus_per_trial))
@@ -102,8 +111,9 @@ def log_speed(plan: Plan, client, run_ids: dict[str, str], cpus_per_trial: float
         task = ray.remote(max_retries=1, num_cpus=float(cpus_per_trial),
                           num_gpus=1.0 if gpus_per_trial > 0 else 0.0)(_measure_all)
         results = ray.get(task.remote(configs, threads))
+    now_ms = int(time.time() * 1000)  # at step 0, the newest timestamp makes these the runs' latest values
     for (_, keys), result in zip(todo, results, strict=True):
-        metrics = [Metric(name, float(value), 0, 0) for name, value in result["metrics"].items()]
+        metrics = [Metric(name, float(value), now_ms, 0) for name, value in result["metrics"].items()]
         tags = [RunTag(name, value) for name, value in result["tags"].items()]
         for key in keys:
             client.log_batch(run_ids[key], metrics=metrics, tags=tags)
