@@ -215,8 +215,9 @@ def _timing_note(speed: pd.DataFrame) -> str:
     """How the ms/image column was timed: alone on the device, or inside trials that shared it."""
     timed = set("/".join(speed.get("sample_ms_timed", pd.Series(dtype=str)).fillna("")).split("/")) - {""}
     alone = ("- ms/image measured alone on the device after the study's phases (`speed/sample_ms_per_image`: "
-             "one configuration at a time, untrained weights, synchronised; the device is each run's "
-             "`speed.device` tag).")
+             "one configuration at a time, untrained weights, synchronised, an untimed first call unless it "
+             "alone took 1 s, then calls filling 1 s; the device is each run's `speed.device` tag, the protocol "
+             "its `speed.protocol`).")
     packed = ("- ms/image timed during the trials' evaluations (`eval/sample_ms_per_image`: batch of "
               "`eval.batch_size`, other trials possibly sharing the device): compare ratios, not absolute times.")
     if timed == {"alone"}:
