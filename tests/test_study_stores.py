@@ -97,3 +97,32 @@ def test_init_stores_creates_both_databases_once(tmp_path):
     init_stores(stores)
     init_stores(stores)  # idempotent
     assert Path(tmp_path / "mlflow.db").is_file() and Path(tmp_path / "s" / "optuna.db").is_file()
+
+
+def test_a_resumed_study_keeps_each_trials_commit_and_lists_every_invocations(tmp_path):
+    """Before: every invocation wrote its commit over every trial's, so trials trained at one commit
+    claimed the commit that only timed their speed. Now an ended trial keeps its commit, a trial
+    continued by --resume lists both, and the parent run lists every invocation's, oldest first."""
+    from study.stores.tracking import Tracker
+
+    tracker = Tracker(f"sqlite:///{tmp_path}/mlflow.db")
+    experiment = tracker.experiment("s")
+
+    def invocation(commit: str) -> tuple[str, dict[str, str]]:
+        parent = tracker.parent_run(experiment, "s", {"git_commit": commit})
+        trials = [(key, {"git_commit": commit, "rerun_command": f"run {key} at {commit}"}, {"lr": 1.0})
+                  for key in ("done", "going", "new")[:2 if commit == "a1" else 3]]
+        return parent, tracker.trial_runs(experiment, parent, trials)
+
+    parent, ids = invocation("a1")
+    tracker.mark(ids["done"], "completed", "FINISHED")
+    tracker.mark(ids["going"], "running")
+    assert invocation("b2")[1]["done"] == ids["done"]  # the same runs, found again
+    invocation("b2")  # a third invocation at the same commit adds nothing to the lists
+    parent, ids = invocation("c3")
+    tags = {key: tracker.tags(run_id) for key, run_id in ids.items()}
+    assert (tags["done"]["git_commit"], tags["done"].get("git_commits")) == ("a1", None)
+    assert tags["done"]["rerun_command"] == "run done at a1"
+    assert (tags["going"]["git_commit"], tags["going"]["git_commits"]) == ("c3", "a1,b2,c3")
+    assert (tags["new"]["git_commit"], tags["new"]["git_commits"]) == ("c3", "b2,c3")  # created at b2
+    assert tracker.tags(parent)["git_commits"] == "a1,b2,c3"

@@ -201,7 +201,7 @@ LOSS_ORDER = ("ns", "hellinger", "rkl", "tv")
 
 
 def cell_order(cell: Any) -> tuple:
-    """ddgan-<loss>-T<T> in the seed's loss order, then ddpm-T<T>, then ddpm-<sampler>-S<S>."""
+    """ddgan-<loss>-T<T> in the study's loss order, then ddpm-T<T>, then ddpm-<sampler>-S<S>."""
     text = str(cell)
     numbers = [int(n) for n in re.findall(r"\d+", text)]
     number = numbers[-1] if numbers else 0
@@ -307,6 +307,6 @@ def provenance(runs: StudyRuns) -> dict[str, str | None]:
     tags = runs.parent["tags"]
     trial_tags = next(iter(runs.run_values("tags.")), {})
     command = tags.get("command") or tags.get("study_command")
-    return {"command": command, "grid": tags.get("grid"), "git_commit": tags.get("git_commit")
+    return {"command": command, "grid": tags.get("grid"), "git_commit": tags.get("git_commits") or tags.get("git_commit")
             or trial_tags.get("git_commit"), "pruner": tags.get("pruner"), "fingerprint": tags.get("fingerprint"),
             "mlflow": mask_uri(runs.uri), "experiment": runs.study}

@@ -263,10 +263,18 @@ def provenance_section(runs: StudyRuns) -> list[str]:
             f"- Command: {command}",
             f"- Grid: `{info['grid'] or 'not recorded'}` (pruner: {info['pruner'] or 'not recorded'}; "
             f"fingerprint {info['fingerprint'] or '-'})",
-            f"- Git commit: `{info['git_commit'] or 'not recorded'}`",
+            _commit_line(info["git_commit"]),
             *_pilot_line(runs.parent["tags"]),
             f"- MLflow: `{info['mlflow']}`, experiment `{info['experiment']}`; browse with `python -m study.ui`.",
             "- Every trial's own rerun command is the `rerun_command` tag of its MLflow run.", ""]
+
+
+def _commit_line(commits: str | None) -> str:
+    """One commit, or every invocation's (a resumed study), oldest first."""
+    listed = (commits or "").split(",")
+    if len(listed) > 1:
+        return f"- Git commits, one per invocation that changed it, oldest first: {', '.join(f'`{c}`' for c in listed)}"
+    return f"- Git commit: `{commits or 'not recorded'}`"
 
 
 def _pilot_line(tags: dict[str, str]) -> list[str]:

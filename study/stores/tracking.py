@@ -43,6 +43,20 @@ def _params(config: dict[str, Any]) -> list[Param]:
     return [Param(k, str(v)[:MAX_PARAM_CHARS]) for k, v in sorted(flatten(config).items())]
 
 
+ENDED = ("completed", "pruned", "failed")  # a trial run's `status` tags that no later invocation changes
+
+
+def appended(listed: list[str], item: str) -> str:
+    """`listed` + `item` as a comma-separated tag value, `item` not repeated at the end."""
+    return ",".join(listed if listed[-1:] == [item] else [*listed, item])
+
+
+def _commits(tags: dict[str, str]) -> list[str]:
+    """The commits a run records, oldest first (`git_commits`; before it, `git_commit` alone)."""
+    listed = tags.get("git_commits") or tags.get("git_commit") or ""
+    return [c for c in listed.split(",") if c]
+
+
 class Tracker:
     """Driver-side MLflow access: experiment, parent run, trial runs, final statuses."""
 
@@ -59,23 +73,29 @@ class Tracker:
 
     def parent_run(self, experiment_id: str, study: str, tags: dict[str, Any]) -> str:
         found = self.client.search_all([experiment_id], "tags.role = 'study'")
+        commit = tags.get("git_commit")
         if found:
             run_id = found[0].info.run_id
             self.client.update_run(run_id, status="RUNNING")
+            if commit:  # every invocation's commit, oldest first: a resumed study may span several
+                tags = {**tags, "git_commits": appended(_commits(found[0].data.tags), str(commit))}
             self.client.log_batch(run_id, tags=_tags(tags))
             return run_id
+        if commit:
+            tags = {**tags, "git_commits": str(commit)}
         run = self.client.create_run(experiment_id, run_name=study,
                                      tags={"role": "study", "study": study, **{k: str(v) for k, v in tags.items()}})
         return run.info.run_id
 
     def trial_runs(self, experiment_id: str, parent_id: str, trials: Iterable[tuple[str, dict, dict]]) -> dict[str, str]:
         """Find or create one nested run per (key, tags, resolved config); returns key -> run id."""
-        existing: dict[str, str] = {}
+        existing: dict[str, Any] = {}
         for run in self.client.search_all([experiment_id], "tags.role = 'trial'"):
-            existing.setdefault(run.data.tags.get("trial_key"), run.info.run_id)  # oldest wins
+            existing.setdefault(run.data.tags.get("trial_key"), run)  # oldest wins
         out = {}
         for key, tags, config in trials:
-            run_id = existing.get(key)
+            found = existing.get(key)
+            run_id = found.info.run_id if found is not None else None
             if run_id is None:
                 run = self.client.create_run(experiment_id, run_name=key, tags={
                     "mlflow.parentRunId": parent_id, "role": "trial", "trial_key": key, "status": "pending",
@@ -85,8 +105,10 @@ class Tracker:
                 for i in range(0, len(params), 100):
                     self.client.log_batch(run_id, params=params[i:i + 100])
                 self.client.update_run(run_id, status="SCHEDULED")
-            else:
+            elif found.data.tags.get("status") not in ENDED:  # an ended trial keeps the commit it ran at
                 kept = {k: v for k, v in tags.items() if k in ("git_commit", "rerun_command")}
+                if tags.get("git_commit"):  # a trial continued by --resume ran at each of these
+                    kept["git_commits"] = appended(_commits(found.data.tags), str(tags["git_commit"]))
                 self.client.log_batch(run_id, tags=_tags(kept))
             out[key] = run_id
         return out
