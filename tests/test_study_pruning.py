@@ -134,3 +134,12 @@ def test_scheduler_pickles_without_connections(tmp_path):
 @pytest.mark.parametrize("kind", ["median", "percentile", "successive_halving", "hyperband", "none"])
 def test_every_pruner_kind_builds(kind):
     assert isinstance(build_pruner(Pruner(kind=kind), 10), optuna.pruners.BasePruner)
+
+
+@pytest.mark.parametrize(("kind", "says"), [("none", "no pruning (pruner: none)"), ("median", "Optuna")])
+def test_ray_status_line_names_the_pruner_that_acts(tmp_path, kind, says):
+    """Before: 'Optuna pruning within each cell' also for a grid with `pruner: none`."""
+    _, _, scheduler = make_book(tmp_path, Pruner(kind=kind), SPECS, study=f"status-{kind}")
+    line = scheduler.debug_string()
+    assert line.startswith(says) and METRIC in line
+    assert ("within each cell" in line) == (kind != "none")

@@ -240,4 +240,11 @@ class OptunaPrunerScheduler(FIFOScheduler):
         return self.decide(trial.config["trial"]["key"], result)
 
     def debug_string(self) -> str:
-        return f"Optuna pruning within each cell on {self.watch_metric}"
+        """Ray's status line: which pruner acts (none, for a grid with `pruner: none`)."""
+        try:
+            pruner = driver_for(self.study_key).book.pruner
+        except Exception:  # no live driver (e.g. Ray printing after the study ended)
+            return f"cells scored on {self.watch_metric}"
+        if isinstance(pruner, optuna.pruners.NopPruner):
+            return f"no pruning (pruner: none); Optuna records each cell on {self.watch_metric}"
+        return f"Optuna {type(pruner).__name__} within each cell on {self.watch_metric}"
