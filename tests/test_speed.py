@@ -200,3 +200,43 @@ def test_a_real_study_logs_speed_measured_alone_on_every_trial(real_study):  # n
     # ddpm-T2's model is the one respaced to S=1, so its own evaluations sample with DDIM S=1 too
     assert nfe == {"ddgan-ns-T1": 1, "ddgan-ns-T2": 2, "ddpm-T2": 1, "ddpm-ddim-S1": 1}
 
+
+
+def test_a_group_timed_under_another_protocol_is_timed_again_and_becomes_the_latest(tmp_path, monkeypatch):
+    """`--resume` of a finished study after the timing protocol changed: the groups whose runs carry
+    another `speed.protocol` are timed again, the new figure becomes each run's latest value; groups
+    already on the current protocol are left alone."""
+    from mlflow.entities import Metric, RunTag
+
+    import study.tuning.speed as tuning_speed
+    from ddgan.speed import PROTOCOL
+    from study.grid import load_plan
+    from study.stores.tracking import Tracker
+    from study.tuning.speed import log_speed, speed_groups
+
+    plan = load_plan("smoke")
+    tracker = Tracker(f"sqlite:///{tmp_path}/mlflow.db")
+    experiment = tracker.experiment("smoke")
+    parent = tracker.parent_run(experiment, "smoke", {})
+    run_ids = tracker.trial_runs(experiment, parent, [(t.key, {}, plan.configs[t.key]) for t in plan.trials])
+    groups = list(speed_groups(plan).values())
+    old, current = groups[0][1], [k for _, keys in groups[1:] for k in keys]
+    for keys, protocol in ((old, "an older protocol"), (current, PROTOCOL)):
+        for key in keys:
+            tracker.client.log_batch(run_ids[key], metrics=[Metric("speed/sample_ms_per_image", 99.0, 0, 0)],
+                                     tags=[RunTag("speed.protocol", protocol)])
+    timed = []
+
+    def fake_measure(configs, threads):
+        timed.extend(configs)
+        return [{"metrics": {"speed/sample_ms_per_image": 1.5}, "tags": {"speed.protocol": PROTOCOL}} for _ in configs]
+
+    monkeypatch.setattr(tuning_speed, "_single_node_here", lambda: True)
+    monkeypatch.setattr(tuning_speed, "_measured_here", fake_measure)
+    assert log_speed(plan, tracker.client, run_ids, 1.0, 0.0) == 1 and timed == [groups[0][0]]
+    for key in old:
+        data = tracker.client.get_run(run_ids[key]).data
+        assert data.metrics["speed/sample_ms_per_image"] == 1.5 and data.tags["speed.protocol"] == PROTOCOL
+    for key in current:
+        assert tracker.client.get_run(run_ids[key]).data.metrics["speed/sample_ms_per_image"] == 99.0
+    assert log_speed(plan, tracker.client, run_ids, 1.0, 0.0) == 0  # all on the current protocol now
