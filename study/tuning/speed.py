@@ -10,7 +10,7 @@ same device, one configuration at a time. CPU trials on a one-node local Ray ran
 driver's machine: there the driver times them itself, with a trial's thread count. Each trial's MLflow run gets its group's figures
 (metrics at step 0, `speed.*` tags naming the device and protocol); a resumed study measures
 only the groups not yet logged with the current protocol (`ddgan.speed.PROTOCOL`), so a
-finished study resumed after the protocol changed is timed again, all of it at once.
+finished study resumed after the protocol changed is timed again.
 """
 
 from __future__ import annotations
