@@ -28,9 +28,10 @@ __all__ = ["PROTOCOL", "SpeedFigures", "measure_speed", "synchronize"]
 
 # What a figure means; logged as the `speed.protocol` tag, and a study re-times any group whose
 # tag differs (study.tuning.speed), so figures of one report always share one protocol.
-PROTOCOL = ("alone on the device, untrained weights, synchronised; sampling: an untimed first call "
-            "(and one more on CUDA) unless that call alone took >= 1 s, then calls filling >= 1 s are "
-            "timed; training: an untimed warm-up (one step, a window on CUDA), then one R1 window")
+PROTOCOL = ("alone on the device, untrained weights, synchronised; sampling: a first call (after one "
+            "untimed call on CUDA) is the figure if it took >= 1 s, else it was a warm-up and as many calls "
+            "as one more warm call says fill ~1 s are timed together; training: an untimed warm-up (one "
+            "step, a window on CUDA), then one R1 window")
 MIN_SAMPLE_SECONDS = 1.0
 
 
@@ -81,13 +82,14 @@ def time_calls(fn, device: torch.device, min_seconds: float = MIN_SAMPLE_SECONDS
                max_calls: int = 1000) -> tuple[float, int]:
     """(seconds per call of `fn`, calls timed). The first call is timed alone: when it took
     `min_seconds` or more, start-up costs (allocation, oneDNN primitive creation, cuDNN autotuning)
-    are a small share of it and it is the figure; else it was the warm-up, and as many further
-    calls as it takes to fill `min_seconds` are timed together. A cheap chain (DDGAN at T=1: a few
-    ms) is never timed cold or from one call; the slowest (DDPM, 1000 steps) is run once."""
+    are a small share of it and it is the figure; else it was the warm-up, one more (warm) call
+    says how many calls fill `min_seconds`, and those are timed together. A cheap chain (DDGAN at
+    T=1: a few ms) is never timed cold or from one call; a chain of a second or more is run once."""
     first = _timed(fn, device, 1, warmup=device.type == "cuda")  # CUDA autotunes on the first call
     if first >= min_seconds:
         return first, 1
-    calls = min(max_calls, max(1, math.ceil(min_seconds / max(first, 1e-9))))
+    warm = _timed(fn, device, 1, warmup=False)  # the cold first call would under-fill the window
+    calls = min(max_calls, max(1, math.ceil(min_seconds / max(warm, 1e-9))))
     return _timed(fn, device, calls, warmup=False), calls
 
 

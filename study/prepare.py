@@ -221,8 +221,8 @@ def resume_checkpoints(ray_storage: str, phase: str, notes: list[str] | None = N
                 continue
             chosen[key] = path
             if errors and notes is not None:
-                notes.append(f"--resume: trial {key} continues from {path!r}, the newest checkpoint that "
-                             f"loads; skipped {len(errors)} newer: {'; '.join(errors)}")
+                notes.append(f"--resume: trial {key}: its newest checkpoint that loads is {path!r} (an unfinished "
+                             f"trial continues from it); skipped {len(errors)} newer: {'; '.join(errors)}")
             break
         else:
             raise CheckpointError(f"--resume: {errors[0]}; restore it or start a new study with --study NAME")

@@ -273,7 +273,8 @@ def _commit_line(commits: str | None) -> str:
     """One commit, or every invocation's (a resumed study), oldest first."""
     listed = (commits or "").split(",")
     if len(listed) > 1:
-        return f"- Git commits, one per invocation that changed it, oldest first: {', '.join(f'`{c}`' for c in listed)}"
+        return (f"- Git commits of the invocations (a resumed study), oldest first, each listed once in a row: "
+                f"{', '.join(f'`{c}`' for c in listed)}")
     return f"- Git commit: `{commits or 'not recorded'}`"
 
 

@@ -107,7 +107,8 @@ class Tracker:
                 self.client.update_run(run_id, status="SCHEDULED")
             elif found.data.tags.get("status") not in ENDED:  # an ended trial keeps the commit it ran at
                 kept = {k: v for k, v in tags.items() if k in ("git_commit", "rerun_command")}
-                if tags.get("git_commit"):  # a trial continued by --resume ran at each of these
+                if tags.get("git_commit") and found.data.tags.get("status") != "pending":
+                    # a trial that had started and is continued by --resume ran at each of these
                     kept["git_commits"] = appended(_commits(found.data.tags), str(tags["git_commit"]))
                 self.client.log_batch(run_id, tags=_tags(kept))
             out[key] = run_id
