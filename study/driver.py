@@ -26,7 +26,7 @@ from optuna.trial import TrialState
 from ddgan.errors import UsageError
 from study import cost, pilot, stores, summary, tuning
 from study.grid import TrialSpec
-from study.prepare import Prepared, StudyOptions, prepare, resume_checkpoints
+from study.prepare import Prepared, StudyOptions, prepare
 from study.progress import Progress
 from study.stores import history
 from study.stores.tracking import Tracker
@@ -245,7 +245,7 @@ def _resumed(context: TrialContext, hooks, specs: list[TrialSpec], prep: Prepare
         run = hooks.tracker.client.get_run(hooks.run_ids[key])
         if (run.data.tags.get("status"), run.info.status) != (status, final[status]):
             hooks.tracker.mark(hooks.run_ids[key], status, final[status])
-    found = resume_checkpoints(prep.stores.ray_storage, phase)  # prepare() noted any file it skips
+    found = prep.resume_from.get(phase, {})  # chosen by prepare(), which noted any file it skipped
     return dataclasses.replace(context, ended=ended, resume_from={k: found[k] for k in keys if k in found and k not in ended})
 
 

@@ -71,6 +71,9 @@ class Prepared:
     notes: list[str] = field(default_factory=list)
     fid_weights_sha256: str | None = None  # the content every trial's file must have
     pilot: Prepared | None = None  # a grid with a pilot: its first stage (the pilot study)
+    # --resume: phase -> trial key -> the checkpoint file it continues from (`resume_checkpoints`,
+    # chosen once here: each choice loads the file)
+    resume_from: dict[str, dict[str, str]] = field(default_factory=dict)
 
     @property
     def grid(self) -> Grid:
@@ -147,8 +150,9 @@ def _check_data(data_dir: str | None, plan: Plan) -> Path:
 
 
 def _check_resume(stores: Stores, plan: Plan, resume: bool, notes: list[str], after_pilot: bool = False,
-                  chosen: bool = True) -> None:
-    """after_pilot: the study of a grid with a pilot, which starts only once its pilot has chosen
+                  chosen: bool = True) -> dict[str, dict[str, str]]:
+    """-> what each phase's trials continue from (`resume_checkpoints`; empty without --resume).
+    after_pilot: the study of a grid with a pilot, which starts only once its pilot has chosen
     (so `--resume` may find its pilot interrupted and no plan of its own yet)."""
     exists = stores.plan_file.is_file()
     if after_pilot and exists and not chosen:
@@ -156,7 +160,7 @@ def _check_resume(stores: Stores, plan: Plan, resume: bool, notes: list[str], af
                          f"({CHOICE_FILE} of the pilot study {stores.study}-pilot): restore it, or start a new study "
                          "with --study NAME")
     if resume and not exists and after_pilot:
-        return
+        return {}
     if resume and not exists:
         raise UsageError(f"--resume: no previous study {stores.study!r} under {str(stores.results_dir)!r}")
     if not resume and exists:
@@ -170,7 +174,8 @@ def _check_resume(stores: Stores, plan: Plan, resume: bool, notes: list[str], af
         if saved.get("fingerprint") != plan.fingerprint():
             raise UsageError(f"--resume: the grid changed since study {stores.study!r} started "
                              "(trials or their configs differ); use --study NAME to start a new study")
-        _check_resume_checkpoints(stores, notes)
+        return {phase: resume_checkpoints(stores.ray_storage, phase, notes) for phase in ("train", "sample")}
+    return {}
 
 
 def saved_checkpoints(ray_storage: str, phase: str) -> dict[str, list[str]]:
@@ -227,14 +232,6 @@ def resume_checkpoints(ray_storage: str, phase: str, notes: list[str] | None = N
         else:
             raise CheckpointError(f"--resume: {errors[0]}; restore it or start a new study with --study NAME")
     return chosen
-
-
-def _check_resume_checkpoints(stores: Stores, notes: list[str]) -> None:
-    """--resume: every unfinished trial must have a checkpoint of this project to continue from;
-    a truncated, garbage or crafted file alone is refused here instead of failing its trial on
-    every retry."""
-    for phase in ("train", "sample"):
-        resume_checkpoints(stores.ray_storage, phase, notes)
 
 
 def _check_gpus(grid: Grid, options: StudyOptions, notes: list[str]) -> None:
@@ -301,7 +298,8 @@ def prepare(options: StudyOptions) -> Prepared:
     data_dir = _check_data_or_note(options, plan, notes)
     preflight(stores)
     _check_shared(stores, options, notes)
-    _check_resume(stores, plan, options.resume, notes, after_pilot=options.stage == "main",
-                  chosen=bool(options.lr_choice))
+    resume_from = _check_resume(stores, plan, options.resume, notes, after_pilot=options.stage == "main",
+                                chosen=bool(options.lr_choice))
     fid_weights = str(weights.path) if weights else options.fid_weights and str(Path(options.fid_weights).resolve())
-    return Prepared(options, plan, stores, data_dir, fid_weights, notes, weights.sha256 if weights else None)
+    return Prepared(options, plan, stores, data_dir, fid_weights, notes, weights.sha256 if weights else None,
+                    resume_from=resume_from)
